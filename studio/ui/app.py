@@ -1,0 +1,40 @@
+"""Assemble the tabs into one Gradio app and serve it."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio import workspace
+from studio.ui.data_tab import build_data_tab
+
+MAX_UPLOAD = "200mb"
+
+CSS = """
+.studio-masked { opacity: 0.45; }
+footer { display: none !important; }
+"""
+
+
+def build_app() -> gr.Blocks:
+    with gr.Blocks(title="Tune Studio") as demo:
+        gr.Markdown("# Tune Studio\nBring data, see exactly what is trained, tune, compare, share.")
+        with gr.Tabs():
+            with gr.Tab("Data", id="data"):
+                build_data_tab()
+    return demo
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None) -> None:
+    demo = build_app()
+    demo.queue(default_concurrency_limit=4)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        auth=auth,
+        max_file_size=MAX_UPLOAD,
+        allowed_paths=[str(workspace.exports_dir())],
+        blocked_paths=[str(workspace.home() / ".secrets")],
+        css=CSS,
+        footer_links=["api"] if auth else [],
+        show_error=False,
+    )

@@ -1,0 +1,185 @@
+"""Data tab: upload or pick a dataset, see the report, browse records as the model will be trained
+on them (trained tokens highlighted), check token lengths, and save the dataset by name."""
+
+from __future__ import annotations
+
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+import gradio as gr
+
+from studio import models, workspace
+from studio.data import check, stats, store, templates
+from studio.ui import common
+
+METHODS = ["auto", "sft", "dpo", "simpo", "orpo", "kto"]
+TEMPLATES = ["model's own", "chatml", "llama3", "alpaca"]
+FILE_TYPES = [".jsonl", ".json", ".csv", ".parquet"]
+STATS_ROWS = 2000  # token statistics on the first rows keep the tab responsive on huge files
+COLORS = {"trained": "#7dd3a8", "chosen": "#7dd3a8", "rejected": "#f4a3a3", "completion": "#9cc3f5"}
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(spec: str):
+    return models.load_tokenizer(spec)
+
+
+@lru_cache(maxsize=8)
+def _report(path: str, mtime: float, method: str | None) -> check.Report:
+    return check.load(path, method=method)
+
+
+def _load(path: str, method: str) -> check.Report:
+    return _report(path, Path(path).stat().st_mtime, None if method == "auto" else method)
+
+
+def _template(choice: str) -> str | None:
+    return None if choice == TEMPLATES[0] else choice
+
+
+def dataset_choices() -> list[str]:
+    """Saved datasets first (newest first), then the bundled samples."""
+    return [e.name for e in store.list_saved()] + store.list_samples()
+
+
+def _keep_upload(upload: str) -> str:
+    """Copy an upload into the workspace so it outlives Gradio's temp folder."""
+    source = Path(upload)
+    if source.suffix.lower() not in FILE_TYPES:
+        raise ValueError(f"{source.name}: unsupported file type — upload {', '.join(FILE_TYPES)}")
+    target = workspace.uploads_dir() / source.name
+    shutil.copyfile(source, target)
+    return str(target)
+
+
+def _report_markdown(report: check.Report) -> str:
+    lines = [report.summary()]
+    shown = report.problems[:10]
+    if shown:
+        lines.append(f"\n**Problems** (first {len(shown)} of {len(report.problems)}):")
+        lines += [f"- {common.problem_line(p)}" for p in shown]
+    return "\n".join(lines)
+
+
+def _problems_file(report: check.Report) -> str | None:
+    if not report.problems:
+        return None
+    out = workspace.exports_dir() / f"{Path(report.path).stem}-problems.txt"
+    workspace.atomic_write_text(out, "\n".join(common.problem_line(p) for p in report.problems) + "\n")
+    return str(out)
+
+
+def preview_segments(report: check.Report, index: int, model: str, template: str | None, max_length: int):
+    """Highlighted pieces of one record exactly as the trainer will see it."""
+    record = report.records[index]
+    tokenizer = _tokenizer(model)
+    templates.ensure_chat_template(tokenizer, template)
+    if report.kind == "sft":
+        tok = templates.tokenize_sft(record, tokenizer, max_length=max_length, template=template)
+        pieces = [(text, "trained" if trained else None) for text, trained in tok.segments]
+        if tok.truncated:
+            pieces.append((f"\n[truncated at {max_length} tokens]", None))
+        return pieces
+    rendered = templates.render_preference(record, tokenizer, template=template)
+    if report.kind == "kto":
+        label = "desirable" if record.get("label") else "undesirable"
+        return [(rendered["prompt"], None), (rendered["completion"], "completion"), (f"  [{label}]", None)]
+    return [
+        (rendered["prompt"], None),
+        (rendered["chosen"], "chosen"),
+        ("\n\n── rejected ──\n", None),
+        (rendered["rejected"], "rejected"),
+    ]
+
+
+def histogram(report: check.Report, model: str, template: str | None, max_length: int):
+    token_stats = stats.token_stats(
+        report.records[:STATS_ROWS], _tokenizer(model), max_length, template=template, kind=report.kind
+    )
+    return common.length_histogram(token_stats, max_length), common.stats_markdown(token_stats, STATS_ROWS)
+
+
+def on_check(upload, choice, method, model, template_choice, max_length):
+    """Read + validate the chosen file; return report, problems file, slider, preview, plot, stats."""
+    try:
+        path = _keep_upload(upload) if upload else str(store.resolve(choice))
+        report = _load(path, method)
+    except (ValueError, OSError) as exc:
+        gr.Warning(str(exc))
+        return (None, f"**Cannot use this file.** {exc}", None, gr.update(maximum=0, value=0), [], None, "")
+    template = _template(template_choice)
+    if not report.records:
+        return (path, _report_markdown(report), _problems_file(report), gr.update(maximum=0, value=0), [], None, "")
+    try:
+        pieces = preview_segments(report, 0, model, template, int(max_length))
+        plot, stats_md = histogram(report, model, template, int(max_length))
+    except ValueError as exc:
+        gr.Warning(str(exc))
+        pieces, plot, stats_md = [], None, f"**Cannot render with this model.** {exc}"
+    slider = gr.update(maximum=max(len(report.records) - 1, 0), value=0)
+    return (path, _report_markdown(report), _problems_file(report), slider, pieces, plot, stats_md)
+
+
+def on_browse(path, index, method, model, template_choice, max_length):
+    if not path:
+        return []
+    try:
+        report = _load(path, method)
+        index = min(int(index), len(report.records) - 1)
+        return preview_segments(report, index, model, _template(template_choice), int(max_length))
+    except (ValueError, OSError, IndexError) as exc:
+        gr.Warning(str(exc))
+        return []
+
+
+def on_save(path, name, method):
+    if not path:
+        gr.Warning("Check a file first, then save it.")
+        return gr.update(), ""
+    try:
+        report = _load(path, method)
+        if not report.usable:
+            raise ValueError(f"{Path(path).name} has no usable rows: fix the problems listed above first")
+        entry = store.save(name.strip(), report.records, report.kind, report.format, path)
+    except ValueError as exc:
+        gr.Warning(str(exc))
+        return gr.update(), f"**Not saved.** {exc}"
+    gr.Info(f"Saved {entry.rows} rows as '{entry.name}'")
+    message = f"Saved **{entry.name}**: {entry.rows} {entry.kind} rows. The Train tab lists it now."
+    return gr.update(choices=dataset_choices(), value=entry.name), message
+
+
+def build_data_tab() -> None:
+    path = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.File(label="Upload a dataset", file_types=FILE_TYPES, type="filepath")
+            choice = gr.Dropdown(dataset_choices(), label="…or pick a saved dataset or a sample",
+                                 value="sample:alpaca.jsonl", allow_custom_value=False)
+            method = gr.Dropdown(METHODS, value="auto", label="Method",
+                                 info="auto: whatever the data fits; a preference method needs pairs")
+            model = gr.Textbox("default", label="Model",
+                               info="'default' (embedded SmolLM2-135M-Instruct), a local folder or a Hub id")
+            template = gr.Dropdown(TEMPLATES, value=TEMPLATES[0], label="Chat template")
+            max_length = gr.Number(1024, label="Max length (tokens)", precision=0, minimum=16)
+            check_btn = gr.Button("Check dataset", variant="primary")
+        with gr.Column(scale=2):
+            report_md = gr.Markdown("Upload a file or pick a sample, then press **Check dataset**.")
+            problems = gr.File(label="All problems (download)", interactive=False)
+            index = gr.Slider(0, 0, step=1, value=0, label="Record")
+            preview = gr.HighlightedText(label="As trained (highlighted tokens carry the loss)",
+                                         color_map=COLORS, show_legend=True, combine_adjacent=True)
+            plot = gr.Plot(label="Token lengths")
+            stats_md = gr.Markdown()
+            with gr.Row():
+                name = gr.Textbox(label="Save as", placeholder="my-dataset", scale=3)
+                save_btn = gr.Button("Save dataset", scale=1)
+            saved_md = gr.Markdown()
+
+    settings = [method, model, template, max_length]
+    outputs = [path, report_md, problems, index, preview, plot, stats_md]
+    check_btn.click(on_check, [upload, choice, *settings], outputs)
+    upload.upload(on_check, [upload, choice, *settings], outputs)
+    index.release(on_browse, [path, index, *settings], preview)
+    save_btn.click(on_save, [path, name, method], [choice, saved_md])
