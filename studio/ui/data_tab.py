@@ -110,7 +110,15 @@ def on_check(upload, choice, method, model, template_choice, max_length):
         return (None, f"**Cannot use this file.** {exc}", None, gr.update(maximum=0, value=0), [], None, "")
     template = _template(template_choice)
     if not report.records:
-        return (path, _report_markdown(report), _problems_file(report), gr.update(maximum=0, value=0), [], None, "")
+        return (
+            path,
+            _report_markdown(report),
+            _problems_file(report),
+            gr.update(maximum=0, value=0),
+            [],
+            None,
+            "",
+        )
     try:
         pieces = preview_segments(report, 0, model, template, int(max_length))
         plot, stats_md = histogram(report, model, template, int(max_length))
@@ -155,12 +163,23 @@ def build_data_tab() -> None:
     with gr.Row():
         with gr.Column(scale=1):
             upload = gr.File(label="Upload a dataset", file_types=FILE_TYPES, type="filepath")
-            choice = gr.Dropdown(dataset_choices(), label="…or pick a saved dataset or a sample",
-                                 value="sample:alpaca.jsonl", allow_custom_value=False)
-            method = gr.Dropdown(METHODS, value="auto", label="Method",
-                                 info="auto: whatever the data fits; a preference method needs pairs")
-            model = gr.Textbox("default", label="Model",
-                               info="'default' (embedded SmolLM2-135M-Instruct), a local folder or a Hub id")
+            choice = gr.Dropdown(
+                dataset_choices(),
+                label="…or pick a saved dataset or a sample",
+                value="sample:alpaca.jsonl",
+                allow_custom_value=False,
+            )
+            method = gr.Dropdown(
+                METHODS,
+                value="auto",
+                label="Method",
+                info="auto: whatever the data fits; a preference method needs pairs",
+            )
+            model = gr.Textbox(
+                "default",
+                label="Model",
+                info="'default' (embedded SmolLM2-135M-Instruct), a local folder or a Hub id",
+            )
             template = gr.Dropdown(TEMPLATES, value=TEMPLATES[0], label="Chat template")
             max_length = gr.Number(1024, label="Max length (tokens)", precision=0, minimum=16)
             check_btn = gr.Button("Check dataset", variant="primary")
@@ -168,8 +187,12 @@ def build_data_tab() -> None:
             report_md = gr.Markdown("Upload a file or pick a sample, then press **Check dataset**.")
             problems = gr.File(label="All problems (download)", interactive=False)
             index = gr.Slider(0, 0, step=1, value=0, label="Record")
-            preview = gr.HighlightedText(label="As trained (highlighted tokens carry the loss)",
-                                         color_map=COLORS, show_legend=True, combine_adjacent=True)
+            preview = gr.HighlightedText(
+                label="As trained (highlighted tokens carry the loss)",
+                color_map=COLORS,
+                show_legend=True,
+                combine_adjacent=True,
+            )
             plot = gr.Plot(label="Token lengths")
             stats_md = gr.Markdown()
             with gr.Row():

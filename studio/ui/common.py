@@ -1,0 +1,75 @@
+"""Small converters shared by the tabs: core types in, plain display values out."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def problem_line(problem) -> str:
+    """'alpaca.jsonl line 17, field "output": is empty — every example needs an answer'."""
+    where = problem.file
+    if getattr(problem, "line", None):
+        where += f" line {problem.line}"
+    if getattr(problem, "field", None):
+        where += f', field "{problem.field}"'
+    text = f"{where}: {problem.message}"
+    if getattr(problem, "fix", None):
+        text += f" — {problem.fix}"
+    if getattr(problem, "severity", "error") == "warning":
+        text = "(warning) " + text
+    return text
+
+
+def length_histogram(token_stats, max_length: int):
+    """Histogram of total (and prompt) lengths with the max-length cutoff drawn."""
+    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=100)
+    totals = list(token_stats.total_lengths)
+    prompts = list(getattr(token_stats, "prompt_lengths", []) or [])
+    bins = min(40, max(5, len(set(totals))))
+    if prompts:
+        ax.hist(prompts, bins=bins, alpha=0.5, label="prompt", color="#9cc3f5")
+    ax.hist(totals, bins=bins, alpha=0.7, label="total", color="#2f7a55")
+    ax.axvline(max_length, color="#c0392b", linestyle="--", label=f"max length {max_length}")
+    ax.set_xlabel("tokens per example")
+    ax.set_ylabel("examples")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def stats_markdown(token_stats, limit: int) -> str:
+    totals = list(token_stats.total_lengths)
+    if not totals:
+        return ""
+    over = getattr(token_stats, "over_max", 0)
+    sampled = f" (first {limit} rows)" if len(totals) >= limit else ""
+    return (
+        f"**Tokens**{sampled}: {len(totals)} examples, mean {sum(totals) / len(totals):.0f}, "
+        f"max {max(totals)}; **{over}** over the max length; "
+        f"{getattr(token_stats, 'tokens_per_epoch', sum(totals))} tokens per epoch"
+    )
+
+
+def series_frame(rows: list[dict], keys: list[str], x: str = "step") -> pd.DataFrame:
+    """Long-format frame (x, value, series) of the given metric keys, for gr.LinePlot."""
+    data = [
+        {x: row[x], "value": float(row[key]), "series": key}
+        for row in rows
+        for key in keys
+        if x in row and isinstance(row.get(key), int | float)
+    ]
+    return pd.DataFrame(data, columns=[x, "value", "series"])
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

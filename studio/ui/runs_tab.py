@@ -1,0 +1,204 @@
+"""Runs tab: every run with its true state, a live view of one (progress, curves, log, probes),
+stop / resume / duplicate / delete, and a side-by-side comparison of several runs.
+
+A `gr.Timer` polls the run folders; no event handler stays open for the length of a run.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from studio import runs
+from studio.ui import common
+
+POLL_S = 2.0
+TABLE_COLUMNS = ["run", "state", "method", "model", "dataset", "step", "final loss", "duration"]
+LOSS_KEYS = ["loss", "eval_loss"]
+PREF_KEYS = ["rewards/margins", "rewards/accuracies"]
+
+
+def _final_loss(rows: list[dict]) -> str:
+    losses = [r["loss"] for r in rows if isinstance(r.get("loss"), int | float)]
+    return f"{losses[-1]:.4f}" if losses else ""
+
+
+def runs_table() -> pd.DataFrame:
+    data = []
+    for info in runs.list_runs():
+        step, total = info.status.get("step"), info.status.get("max_steps")
+        data.append(
+            [
+                info.run_id,
+                info.state,
+                info.method,
+                info.model,
+                info.dataset,
+                f"{step or 0}/{total}" if total else str(step or ""),
+                _final_loss(runs.read_metrics(info.run_id)),
+                common.format_duration(info.duration_s()),
+            ]
+        )
+    return pd.DataFrame(data, columns=TABLE_COLUMNS)
+
+
+def progress_html(info: runs.RunInfo) -> str:
+    """Progress bar with step, epoch and time left, from status.json and the last metrics."""
+    step = int(info.status.get("step") or 0)
+    total = int(info.status.get("max_steps") or 0)
+    fraction = step / total if total else 0.0
+    rows = runs.read_metrics(info.run_id)
+    epoch = next((r["epoch"] for r in reversed(rows) if "epoch" in r), None)
+    left = ""
+    elapsed = info.duration_s()
+    if info.state == "running" and step and total and elapsed:
+        left = f" · about {common.format_duration(elapsed / step * (total - step))} left"
+    detail = f"step {step}/{total or '?'}" + (f" · epoch {epoch:.2f}" if epoch is not None else "") + left
+    error = info.status.get("error") or ""
+    error_html = (
+        f"<pre class='studio-error'>{_escape(error)}</pre>" if error and info.state == "failed" else ""
+    )
+    return (
+        f"<div><b>{info.run_id}</b> — <span data-state='{info.state}'>{info.state}</span> · {detail}</div>"
+        f"<progress max='1' value='{fraction:.3f}' style='width:100%'></progress>{error_html}"
+    )
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def probes_frame(run_id: str) -> pd.DataFrame:
+    probes = runs.read_probes(run_id)
+    prompts = probes.get("prompts", [])
+    before, after = probes.get("before", []), probes.get("after", [])
+    data = [
+        [p, before[i] if i < len(before) else "", after[i] if i < len(after) else ""]
+        for i, p in enumerate(prompts)
+    ]
+    return pd.DataFrame(data, columns=["prompt", "before (base)", "after (tuned)"])
+
+
+def on_refresh(run_id: str | None):
+    """Timer tick: the table, and the selected run's live view."""
+    table = runs_table()
+    choices = list(table["run"])
+    # Only an empty selection is filled in: rewriting the value on every tick would race the user.
+    picker = gr.update(choices=choices)
+    if not run_id and choices:
+        run_id = choices[0]
+        picker = gr.update(choices=choices, value=run_id)
+    if not run_id or run_id not in choices:
+        empty = common.series_frame([], LOSS_KEYS)
+        return table, picker, "No run selected.", empty, empty, empty, "", None
+    info = runs.get(run_id)
+    rows = runs.read_metrics(run_id)
+    return (
+        table,
+        picker,
+        progress_html(info),
+        common.series_frame(rows, LOSS_KEYS),
+        common.series_frame(rows, ["learning_rate"]),
+        common.series_frame(rows, PREF_KEYS),
+        runs.log_tail(run_id, 40),
+        probes_frame(run_id),
+    )
+
+
+def _act(action, run_id: str | None, done: str) -> None:
+    if not run_id:
+        gr.Warning("Select a run first.")
+        return
+    try:
+        action(run_id)
+    except ValueError as exc:
+        gr.Warning(str(exc))
+        return
+    gr.Info(done)
+
+
+def on_stop(run_id):
+    _act(runs.stop, run_id, "Stopping: the run saves a checkpoint, then stops.")
+
+
+def on_resume(run_id):
+    _act(runs.resume, run_id, "Queued to resume from the last checkpoint.")
+
+
+def on_duplicate(run_id):
+    _act(runs.duplicate, run_id, "Queued a new run with the same recipe.")
+
+
+def on_delete(run_id, confirmed: bool):
+    if not confirmed:
+        gr.Warning("Tick 'yes, delete this run' first: deleting removes its adapter and checkpoints.")
+        return False
+    _act(runs.delete, run_id, f"Deleted {run_id}.")
+    return False
+
+
+def compare(run_ids: list[str]):
+    """Overlaid loss curves and the recipes side by side for two or more runs."""
+    if not run_ids or len(run_ids) < 2:
+        return common.series_frame([], ["loss"]), pd.DataFrame()
+    curves = []
+    for run_id in run_ids:
+        frame = common.series_frame(runs.read_metrics(run_id), ["loss"])
+        frame["series"] = run_id
+        curves.append(frame)
+    recipes = {run_id: _flatten(runs.get(run_id).recipe) for run_id in run_ids}
+    keys = sorted({k for r in recipes.values() for k in r})
+    table = pd.DataFrame(
+        [[k, *[str(recipes[r].get(k, "")) for r in run_ids]] for k in keys], columns=["field", *run_ids]
+    )
+    differs = table[run_ids].nunique(axis=1) > 1
+    return pd.concat(curves, ignore_index=True), pd.concat([table[differs], table[~differs]])
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def build_runs_tab() -> None:
+    timer = gr.Timer(POLL_S)
+    table = gr.Dataframe(headers=TABLE_COLUMNS, label="Runs", interactive=False, wrap=True)
+    with gr.Row():
+        selected = gr.Dropdown([], label="Run", scale=3, allow_custom_value=False)
+        stop_btn = gr.Button("Stop", variant="stop", scale=1)
+        resume_btn = gr.Button("Resume", scale=1)
+        dup_btn = gr.Button("Duplicate as new run", scale=1)
+    with gr.Row():
+        confirm = gr.Checkbox(False, label="yes, delete this run", scale=3)
+        delete_btn = gr.Button("Delete run", scale=1)
+    progress = gr.HTML()
+    with gr.Row():
+        loss_plot = gr.LinePlot(
+            x="step", y="value", color="series", label="Loss (train and eval)", height=260
+        )
+        lr_plot = gr.LinePlot(x="step", y="value", color="series", label="Learning rate", height=260)
+        pref_plot = gr.LinePlot(
+            x="step", y="value", color="series", label="Reward margin and accuracy", height=260
+        )
+    probes = gr.Dataframe(label="Probe answers: before and after", interactive=False, wrap=True)
+    log = gr.Code(label="Log (last lines)", language=None, lines=12)
+    with gr.Accordion("Compare runs", open=False):
+        to_compare = gr.Dropdown([], multiselect=True, label="Runs to compare (two or more)")
+        compare_btn = gr.Button("Compare")
+        compare_plot = gr.LinePlot(x="step", y="value", color="series", label="Loss", height=300)
+        compare_table = gr.Dataframe(label="Recipes side by side (differences first)", interactive=False)
+
+    outputs = [table, selected, progress, loss_plot, lr_plot, pref_plot, log, probes]
+    timer.tick(on_refresh, [selected], outputs, show_progress="hidden")
+    selected.input(on_refresh, [selected], outputs, show_progress="hidden")
+    stop_btn.click(on_stop, [selected], None)
+    resume_btn.click(on_resume, [selected], None)
+    dup_btn.click(on_duplicate, [selected], None)
+    delete_btn.click(on_delete, [selected, confirm], [confirm])
+    to_compare.focus(lambda: gr.update(choices=[r.run_id for r in runs.list_runs()]), None, [to_compare])
+    compare_btn.click(compare, [to_compare], [compare_plot, compare_table])
