@@ -28,8 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Tune Studio: fine-tune language models in the browser")
     parser.add_argument("--host", default=os.environ.get("STUDIO_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("STUDIO_PORT", "7860")))
-    parser.add_argument("--auth", default=os.environ.get("STUDIO_AUTH"), metavar="USER:PASSWORD",
-                        help="require this login (needed for any non-loopback --host)")
+    parser.add_argument(
+        "--auth",
+        default=os.environ.get("STUDIO_AUTH"),
+        metavar="USER:PASSWORD",
+        help="require this login (needed for any non-loopback --host)",
+    )
     args = parser.parse_args(argv)
     if args.auth and ":" not in args.auth:
         parser.error("--auth must look like USER:PASSWORD")

@@ -100,12 +100,21 @@ def new_run_id(method: str) -> str:
     return run_id
 
 
-def train_command(recipe: str, sets: list[str], run_dir: Path, num_processes: int = 1,
-                  resume: bool = False) -> list[str]:
+def train_command(
+    recipe: str, sets: list[str], run_dir: Path, num_processes: int = 1, resume: bool = False
+) -> list[str]:
     """The exact argv that trains this run (shown in the UI's copy-command box)."""
     if num_processes > 1:
-        head = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                "--num_processes", str(num_processes), "-m", "studio"]
+        head = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(num_processes),
+            "-m",
+            "studio",
+        ]
     else:
         head = [sys.executable, "-m", "studio"]
     argv = [*head, "train", str(recipe)]
@@ -120,8 +129,14 @@ def submit(recipe: str, sets: list[str], method: str, num_processes: int = 1) ->
     run_id = new_run_id(method)
     run_dir = workspace.run_path(run_id)
     run_dir.mkdir(parents=True)
-    launch = {"recipe": str(recipe), "sets": list(sets), "method": method,
-              "num_processes": int(num_processes), "resume": False, "created_at": _now()}
+    launch = {
+        "recipe": str(recipe),
+        "sets": list(sets),
+        "method": method,
+        "num_processes": int(num_processes),
+        "resume": False,
+        "created_at": _now(),
+    }
     workspace.atomic_write_json(run_dir / "launch.json", launch)
     workspace.atomic_write_json(run_dir / "status.json", {"state": "queued", "queued_at": _now()})
     schedule()
@@ -217,22 +232,36 @@ def schedule(max_running: int = 1) -> None:
                     running += 1
                 else:
                     _mark_dead(info)
-        queued = sorted((i for i in infos if i.state == "queued"), key=lambda i: i.status.get("queued_at", ""))
+        queued = sorted(
+            (i for i in infos if i.state == "queued"), key=lambda i: i.status.get("queued_at", "")
+        )
         for info in queued[: max(max_running - running, 0)]:
             _spawn(info)
 
 
 def _spawn(info: RunInfo) -> None:
     launch = info.launch
-    argv = train_command(launch["recipe"], launch.get("sets", []), info.path,
-                         launch.get("num_processes", 1), resume=launch.get("resume", False))
+    argv = train_command(
+        launch["recipe"],
+        launch.get("sets", []),
+        info.path,
+        launch.get("num_processes", 1),
+        resume=launch.get("resume", False),
+    )
     # "starting" is written before the child exists, so the child's own "running" always wins.
     status = {**info.status, "state": "starting", "started_at": info.status.get("started_at") or _now()}
     workspace.atomic_write_json(info.path / "status.json", status)
     log = open(info.path / "train.log", "ab")  # noqa: SIM115 - the child owns it from here
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env=env, cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     log.close()
     _procs[str(proc.pid)] = proc
     created = psutil.Process(proc.pid).create_time()
@@ -245,7 +274,9 @@ def stop(run_id: str, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM the run's process group (it checkpoints and exits); SIGKILL after `grace_s`."""
     info = get(run_id)
     if info.state == "queued":
-        workspace.atomic_write_json(info.path / "status.json", {**info.status, "state": "stopped", "ended_at": _now()})
+        workspace.atomic_write_json(
+            info.path / "status.json", {**info.status, "state": "stopped", "ended_at": _now()}
+        )
         return
     if info.state not in (*ACTIVE, "starting") or not _alive(info):
         schedule()
@@ -306,8 +337,9 @@ def duplicate(run_id: str) -> str:
     info = get(run_id)
     if not info.launch:
         raise ValueError(f"run {run_id} was not launched from the studio: start it again from its recipe")
-    return submit(info.launch["recipe"], info.launch.get("sets", []), info.method,
-                  info.launch.get("num_processes", 1))
+    return submit(
+        info.launch["recipe"], info.launch.get("sets", []), info.method, info.launch.get("num_processes", 1)
+    )
 
 
 def delete(run_id: str) -> None:
