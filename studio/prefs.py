@@ -13,7 +13,8 @@ Turning votes into training records (documented choices, tested in tests/test_pr
 - tie or both_bad without an edit: no DPO pair. KTO: both_bad gives two negatives, a tie nothing
   (equal says nothing about good or bad).
 - KTO from pairs: the chosen is desirable (True), each rejected undesirable (False).
-- a pair whose chosen and rejected texts are the same teaches nothing and is left out.
+- a pair whose chosen and rejected texts are the same teaches nothing and is left out; a record
+  repeated by several votes is written once.
 
 Durability: WAL with synchronous=FULL, one short transaction per vote, so a vote whose
 `record_vote` returned survives a `kill -9` of the app and a power loss alike. Every call opens
@@ -304,24 +305,40 @@ def _write_jsonl(path: str | Path | None, records: list[dict]) -> None:
         workspace.atomic_write_text(Path(path), lines)
 
 
+def _unique(records: list[dict]) -> list[dict]:
+    """Drop repeats (the same exchange voted twice): the data check would skip them anyway."""
+    seen: dict[str, dict] = {}
+    for record in records:
+        seen.setdefault(json.dumps(record, sort_keys=True, ensure_ascii=False), record)
+    return list(seen.values())
+
+
+def _dpo_records(votes: list[Vote]) -> list[dict]:
+    return _unique(
+        [
+            {"prompt": vote.messages, "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
+            for vote in votes
+            for chosen, rejected in preference_pairs(vote)
+        ]
+    )
+
+
 def export_dpo(path: str | Path | None = None) -> list[dict]:
     """Canonical preference records (DPO / SimPO / ORPO); written as JSONL to `path` if given."""
-    records = [
-        {"prompt": vote.messages, "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
-        for vote in all_votes()
-        for chosen, rejected in preference_pairs(vote)
-    ]
+    records = _dpo_records(all_votes())
     _write_jsonl(path, records)
     return records
 
 
 def export_kto(path: str | Path | None = None) -> list[dict]:
     """Canonical KTO records; written as JSONL to `path` if given."""
-    records = [
-        {"prompt": vote.messages, "completion": _assistant(text), "label": label}
-        for vote in all_votes()
-        for text, label in kto_examples(vote)
-    ]
+    records = _unique(
+        [
+            {"prompt": vote.messages, "completion": _assistant(text), "label": label}
+            for vote in all_votes()
+            for text, label in kto_examples(vote)
+        ]
+    )
     _write_jsonl(path, records)
     return records
 
@@ -364,7 +381,7 @@ class QualityReport:
     ties: int
     both_bad: int
     edited: int
-    usable_pairs: int  # rows export_dpo writes
+    usable_pairs: int  # rows export_dpo writes (repeats counted once)
     ties_left_out: int  # ties without an edit: no pair
     both_bad_left_out: int  # both_bad without an edit: no pair (KTO negatives only)
     identical_pairs: int  # chosen == rejected: left out of the exports
@@ -438,7 +455,7 @@ def quality_report() -> QualityReport:
         ties=sum(v.verdict == "tie" for v in votes),
         both_bad=sum(v.verdict == "both_bad" for v in votes),
         edited=sum(v.edited is not None for v in votes),
-        usable_pairs=sum(len(preference_pairs(v)) for v in votes),
+        usable_pairs=len(_dpo_records(votes)),
         ties_left_out=sum(v.verdict == "tie" and not v.edited for v in votes),
         both_bad_left_out=sum(v.verdict == "both_bad" and not v.edited for v in votes),
         identical_pairs=sum(c.strip() == r.strip() for v in votes for c, r in _raw_pairs(v)),

@@ -131,6 +131,7 @@ def test_export_dpo_rules_and_atomic_file(tmp_path):
     vote("tie", left="G", right="H", edited="G+")  # edit beats both
     vote("both_bad", left="I", right="I", edited="J")  # same answer twice: one pair
     vote("right", left="K", right="K")  # identical: no signal, left out
+    vote("left", left="A", right="B", edited="A+")  # the same exchange voted again: written once
     out = tmp_path / "exports" / "votes.dpo.jsonl"
     records = prefs.export_dpo(out)
     assert _pairs(records) == [("A+", "B"), ("G+", "G"), ("G+", "H"), ("J", "I")]
@@ -146,6 +147,7 @@ def test_export_kto_labels(tmp_path):
     vote("both_bad", left="meh", right="worse")
     vote("tie", left="T1", right="T2")  # a tie says nothing about good or bad
     vote("tie", left="T3", right="T4", edited="T5")
+    vote("left", left="good", right="bad")  # repeats both examples of the first vote: written once
     records = prefs.export_kto(tmp_path / "k.jsonl")
     got = [(r["completion"][0]["content"], r["label"]) for r in records]
     assert got == [
@@ -179,11 +181,11 @@ def test_save_as_dataset_lists_it_for_the_train_tab():
     with pytest.raises(ValueError, match="no usable votes for a preference dataset yet"):
         prefs.save_as_dataset("votes-ties")
     vote("left")
-    vote("both_bad")
+    vote("both_bad", left="Rome.")  # KTO: Rome. is a new negative, Lyon's a repeat
     entry = prefs.save_as_dataset("my-votes")
     assert (entry.kind, entry.rows, entry.format, entry.source) == ("preference", 1, "votes", "studio.db")
     kto = prefs.save_as_dataset("my-votes-kto", kind="kto")
-    assert (kto.kind, kto.rows) == ("kto", 4)
+    assert (kto.kind, kto.rows) == ("kto", 3)
     assert {e.name for e in store.list_saved()} == {"my-votes", "my-votes-kto"}
     assert store.resolve("my-votes").read_text().count("\n") == 1
     with pytest.raises(ValueError, match="not 'sft'"):
