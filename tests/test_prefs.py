@@ -82,6 +82,8 @@ def test_record_vote_validates_and_flattens_text_blocks():
 
 def test_schema_is_versioned_in_wal_mode_and_refuses_a_newer_schema():
     vote("left")
+    with prefs._connect() as conn:  # kill -9 cannot tell FULL from OFF; a power loss can
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     with sqlite3.connect(workspace.db_path()) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == prefs.SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
