@@ -165,15 +165,19 @@ def test_export_kto_labels(tmp_path):
     assert len((tmp_path / "k.jsonl").read_text().splitlines()) == 7
 
 
-def test_dpo_export_passes_the_data_check(tmp_path):
+@pytest.mark.parametrize(("method", "export"), [("dpo", prefs.export_dpo), ("kto", prefs.export_kto)])
+def test_exports_pass_the_data_check_unchanged(tmp_path, method, export):
     from studio.data import check
 
     vote("left")
     vote("right", shown_left="right", edited="Paris is the capital.")
-    path = tmp_path / "votes.jsonl"
-    prefs.export_dpo(path)
-    report = check.load(path, method="dpo")
-    assert report.rows == 2
+    vote("both_bad", left="Rome.", right="Berlin.")
+    path = tmp_path / f"votes.{method}.jsonl"
+    records = export(path)
+    report = check.load(path, method=method)
+    assert report.usable and report.problems == []
+    assert report.kind == ("preference" if method == "dpo" else "kto")
+    assert report.records == records  # canonical already: the data layer has nothing to change
 
 
 def test_save_as_dataset_lists_it_for_the_train_tab():
