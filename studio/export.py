@@ -389,3 +389,9 @@ def export_gguf(model_dir: Path, out_path: Path, f16: bool = False) -> Path:
     writer.close()
     tmp.replace(out_path)
     return out_path
+
+
+def gguf_for_run(run: RunFolder, f16: bool = False) -> Path:
+    """Merge a run's adapter (once) and write it as STUDIO_HOME/exports/<run id>.gguf."""
+    target = workspace.exports_dir() / f"{workspace.check_name(run.run_id, 'run id')}.gguf"
+    return export_gguf(merged_dir(run), target, f16=f16)

@@ -288,3 +288,10 @@ def main(run_dir: str, repo_id: str, private: bool = True, merged: bool = False)
     print(f"pushed {len(result.files)} files to {result.repo_url} ({visibility})")
     print(f"commit {result.commit_id}: {result.commit_url}")
     return 0
+
+
+def export_gguf(run_dir: str | Path, f16: bool = False) -> Path:
+    """Merge a completed run and write it as one GGUF file in STUDIO_HOME/exports/ (Llama family only)."""
+    run = export.load_run(run_dir)
+    export.require_completed(run)
+    return export.gguf_for_run(run, f16=f16)
