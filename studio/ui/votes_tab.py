@@ -1,0 +1,111 @@
+"""Votes tab: browse and delete chat votes, see their quality report, export them as DPO or KTO
+JSONL, or save them as a dataset that the Train tab lists for a preference run."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from studio import prefs, workspace
+
+COLUMNS = ["id", "time", "verdict", "left model", "right model", "prompt", "edited"]
+
+
+def votes_frame(limit: int = 200) -> pd.DataFrame:
+    rows = []
+    for vote in prefs.list_votes(limit=limit):
+        prompt = next((m["content"] for m in reversed(vote.messages) if m["role"] == "user"), "")
+        shown = {
+            "left": (vote.model_left, vote.adapter_left),
+            "right": (vote.model_right, vote.adapter_right),
+        }
+        screen_left = shown[vote.shown_left]
+        screen_right = shown["right" if vote.shown_left == "left" else "left"]
+        rows.append(
+            [
+                vote.id,
+                vote.created_at,
+                vote.verdict,
+                prefs.model_label(*screen_left),
+                prefs.model_label(*screen_right),
+                prompt[:120],
+                "yes" if vote.edited else "",
+            ]
+        )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def report_markdown() -> str:
+    r = prefs.quality_report()
+    if not r.total:
+        return "No votes yet: vote in the Chat tab."
+    pct = lambda x: "n/a" if x is None else f"{x:.0%}"  # noqa: E731
+    lines = [
+        f"**{r.total} votes** → **{r.usable_pairs} usable pairs** "
+        f"({r.ties_left_out} ties and {r.both_bad_left_out} 'both bad' left out, "
+        f"{r.identical_pairs} identical pairs left out, {r.edited} edited answers)",
+        f"- Position bias: the left side won {r.left_wins} of {r.decisive} decisive votes ({pct(r.position_bias)})",
+        f"- Length bias: the longer answer won {r.longer_wins} of {r.length_votes} ({pct(r.length_bias)})",
+    ]
+    lines += [f"- ⚠ {note}" for note in r.notes()]
+    return "\n".join(lines)
+
+
+def on_refresh():
+    return votes_frame(), report_markdown()
+
+
+def on_delete(vote_id):
+    try:
+        prefs.delete_vote(int(vote_id))
+    except (ValueError, TypeError) as exc:
+        gr.Warning(str(exc))
+    return on_refresh()
+
+
+def on_export(kind: str):
+    path = workspace.exports_dir() / ("votes-dpo.jsonl" if kind == "DPO" else "votes-kto.jsonl")
+    records = prefs.export_dpo(path) if kind == "DPO" else prefs.export_kto(path)
+    if not records:
+        gr.Warning("No usable votes to export yet.")
+        return None
+    gr.Info(f"Exported {len(records)} records")
+    return str(path)
+
+
+def on_save(name: str, kind: str):
+    try:
+        entry = prefs.save_as_dataset((name or "").strip(), "preference" if kind == "DPO" else "kto")
+    except ValueError as exc:
+        gr.Warning(str(exc))
+        return f"**Not saved.** {exc}"
+    return (
+        f"Saved **{entry.name}** ({entry.rows} {entry.kind} rows). In the Train tab pick it as the "
+        f"dataset and a {'DPO, SimPO or ORPO' if entry.kind == 'preference' else 'KTO'} recipe."
+    )
+
+
+def build_votes_tab() -> None:
+    report = gr.Markdown(report_markdown())
+    table = gr.Dataframe(votes_frame(), label="Votes (newest first)", interactive=False, wrap=True)
+    with gr.Row():
+        refresh = gr.Button("Refresh")
+        vote_id = gr.Number(None, precision=0, label="Vote id to delete")
+        delete = gr.Button("Delete vote", variant="stop")
+    with gr.Row():
+        kind = gr.Radio(
+            ["DPO", "KTO"],
+            value="DPO",
+            label="Format",
+            info="DPO pairs also train SimPO and ORPO; KTO takes thumbs-up/down examples",
+        )
+        export = gr.Button("Export JSONL")
+        download = gr.File(label="Download", interactive=False)
+    with gr.Row():
+        name = gr.Textbox(label="Save as dataset", placeholder="my-votes")
+        save = gr.Button("Save as dataset", variant="primary")
+    saved = gr.Markdown()
+    refresh.click(on_refresh, None, [table, report])
+    delete.click(on_delete, [vote_id], [table, report])
+    export.click(on_export, [kind], [download])
+    save.click(on_save, [name, kind], [saved])
