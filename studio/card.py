@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from studio import models
-from studio.export import RunFolder
+from studio.export import RunFolder, is_four_bit
 
 CURVE_NAME = "loss_curve.png"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -104,7 +104,12 @@ def _front_matter(run: RunFolder, merged: bool) -> dict:
     method = str(recipe.get("method") or "sft").lower()
     base = hub_base_model(run.model_spec)
     license_ = recipe.get("license") or ("apache-2.0" if base == DEFAULT_HUB_ID else "other")
-    tags = [method, "trl", "tune-studio"] + ([] if merged else ["lora"])
+    lora = recipe.get("lora") if isinstance(recipe.get("lora"), dict) else {}
+    tags = [method, "trl", "tune-studio"]
+    if not merged:
+        tags.append("dora" if lora.get("use_dora") else "lora")
+    if is_four_bit(recipe):
+        tags.append("qlora")
     meta: dict = {"library_name": "transformers" if merged else "peft"}
     if base:
         meta["base_model"] = base
@@ -183,7 +188,10 @@ def model_card(run: RunFolder, repo_id: str, merged: bool, has_curve: bool) -> s
     meta = _front_matter(run, merged)
     base = meta.get("base_model") or f"a local model ({Path(run.model_spec).name})"
     method = str(run.recipe.get("method") or "sft").upper()
-    kind = "merged model" if merged else "LoRA adapter"
+    lora = run.recipe.get("lora") if isinstance(run.recipe.get("lora"), dict) else {}
+    kind = "merged model" if merged else ("DoRA adapter" if lora.get("use_dora") else "LoRA adapter")
+    if is_four_bit(run.recipe):
+        kind += " trained on a 4-bit (QLoRA) base"
     dataset = _public(str(run.recipe.get("dataset") or "unknown"))
     lines = [
         "---",

@@ -58,6 +58,13 @@ class RunFolder:
     def model_spec(self) -> str:
         return str(self.recipe.get("model") or models.DEFAULT_SPEC)
 
+    @property
+    def is_full_model(self) -> bool:
+        """A full fine-tune leaves a whole model in adapter/ instead of an adapter."""
+        return (self.adapter_dir / "config.json").is_file() and not (
+            self.adapter_dir / "adapter_config.json"
+        ).is_file()
+
 
 def find_run(run: str | Path) -> Path:
     """A run folder from a path or a run id under STUDIO_HOME/runs/."""
@@ -129,6 +136,12 @@ def require_completed(run: RunFolder) -> None:
             f"{run.path / 'status.json'}: the run is {state!r}, not 'completed' — only a finished run "
             "can be exported; wait for it to finish or resume it"
         )
+    if run.is_full_model:
+        if not shareable_files(run.adapter_dir, merged=True):
+            raise ValueError(
+                f"{run.adapter_dir}: no model weights — the fine-tuned model was not saved completely"
+            )
+        return
     missing = [name for name in ADAPTER_FILES if not (run.adapter_dir / name).is_file()]
     if missing:
         raise ValueError(
@@ -146,14 +159,17 @@ def shareable_files(folder: Path, merged: bool) -> list[Path]:
 
 
 def is_four_bit(recipe: dict) -> bool:
-    """Whether the run trained on a 4-bit (QLoRA) base, judged from the recipe's own words."""
-    values = [recipe.get("method"), recipe.get("quantization"), recipe.get("quantize"), recipe.get("bits")]
+    """Whether the run trained on a 4-bit (QLoRA) base: `quantization.load_in_4bit`, or older words."""
+    quant = recipe.get("quantization")
+    if isinstance(quant, dict):
+        return quant.get("load_in_4bit") is True
+    values = [recipe.get("method"), quant, recipe.get("bits")]
     if recipe.get("load_in_4bit") is True or 4 in values:
         return True
     return any(str(v).lower() in _FOUR_BIT_WORDS for v in values if v is not None)
 
 
-def _load_base_for_merge(spec: str, four_bit: bool):
+def _load_base_for_merge(spec: str, four_bit: bool, recipe: dict):
     import torch
 
     if not four_bit:
@@ -163,8 +179,12 @@ def _load_base_for_merge(spec: str, four_bit: bool):
     # The adapter learned to correct the NF4-rounded weights, so merge into exactly those values:
     # load the base as training did, then turn each 4-bit layer back into a float32 Linear.
     # Merging into the NF4 storage itself would round the sum again and lose the adapter's update.
+    section = recipe.get("quantization") if isinstance(recipe.get("quantization"), dict) else {}
     quant = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        load_in_4bit=True,
+        bnb_4bit_quant_type=str(section.get("quant_type") or "nf4"),
+        bnb_4bit_use_double_quant=bool(section.get("double_quant", True)),
+        bnb_4bit_compute_dtype=torch.float32,
     )
     base = models.load_model(spec, dtype=torch.float32, quantization_config=quant)
     return base.dequantize()
@@ -181,7 +201,7 @@ def merge_adapter(run: RunFolder, out_dir: Path, four_bit: bool | None = None) -
 
     require_completed(run)
     four_bit = is_four_bit(run.recipe) if four_bit is None else four_bit
-    base = _load_base_for_merge(run.model_spec, four_bit)
+    base = _load_base_for_merge(run.model_spec, four_bit, run.recipe)
     merged = PeftModel.from_pretrained(base, str(run.adapter_dir)).merge_and_unload()
     if getattr(merged.config, "quantization_config", None) is not None:
         del merged.config.quantization_config
@@ -198,6 +218,8 @@ def merge_adapter(run: RunFolder, out_dir: Path, four_bit: bool | None = None) -
 
 def merged_dir(run: RunFolder) -> Path:
     """The merged model of a run under STUDIO_HOME/exports/, merged once and reused."""
+    if run.is_full_model:
+        return run.adapter_dir
     target = workspace.exports_dir() / f"{workspace.check_name(run.run_id, 'run id')}-merged"
     adapter = run.adapter_dir / "adapter_model.safetensors"
     config = target / "config.json"

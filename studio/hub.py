@@ -220,6 +220,7 @@ def push(
     repo_id = check_repo_id(repo_id)
     run = export.load_run(run_dir)
     export.require_completed(run)
+    merged = merged or run.is_full_model
     token, source = find_token(token)
     if token is None:
         raise HubError(token_status())
@@ -259,6 +260,7 @@ def export_zip(run_dir: str | Path, merged: bool = False) -> Path:
     """Zip the adapter (or merged model) with its card into STUDIO_HOME/exports/ for download."""
     run = export.load_run(run_dir)
     export.require_completed(run)
+    merged = merged or run.is_full_model
     repo_hint = f"your-username/{run.run_id}"
     folder = stage(run, repo_hint, merged)
     try:

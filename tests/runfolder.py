@@ -28,7 +28,10 @@ def make_adapter(model_dir: Path, adapter_dir: Path, seed: int = 0, four_bit: bo
     kwargs: dict = {"dtype": torch.float32}
     if four_bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,  # as the studio's recipes default to
+            bnb_4bit_compute_dtype=torch.float32,
         )
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     torch.manual_seed(seed)

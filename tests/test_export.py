@@ -64,7 +64,12 @@ def test_four_bit_run_merges_into_the_dequantized_weights_it_trained_on(studio_h
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    path = build_run(studio_home / "runs", tiny64, recipe={"quantization": "4bit"}, four_bit=True)
+    path = build_run(
+        studio_home / "runs",
+        tiny64,
+        recipe={"quantization": {"load_in_4bit": True, "quant_type": "nf4"}},
+        four_bit=True,
+    )
     run = export.load_run(path)
     assert export.is_four_bit(run.recipe)
     merged_dir = export.merge_adapter(run, studio_home / "exports" / "merged-4bit")
@@ -74,7 +79,10 @@ def test_four_bit_run_merges_into_the_dequantized_weights_it_trained_on(studio_h
     merged = AutoModelForCausalLM.from_pretrained(str(merged_dir))
     assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
     quant = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
     )
     qbase = AutoModelForCausalLM.from_pretrained(str(tiny64), quantization_config=quant, dtype=torch.float32)
     trained = PeftModel.from_pretrained(qbase, str(run.adapter_dir))

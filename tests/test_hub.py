@@ -116,6 +116,18 @@ def test_merged_push_sends_a_plain_model(stub, studio_home, tiny_model):
     assert _front_matter(stub.commits[0].files["README.md"].decode())["library_name"] == "transformers"
 
 
+def test_full_fine_tune_pushes_the_whole_model(stub, studio_home, tiny_model):
+    import shutil
+
+    run = build_run(studio_home / "runs", tiny_model, recipe={"lora": {"enabled": False}})
+    shutil.rmtree(run / "adapter")
+    shutil.copytree(tiny_model, run / "adapter")
+    hub.push(run, "tester/full", token=GOOD)
+    files = set(stub.commits[0].files)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= files
+    assert _front_matter(stub.commits[0].files["README.md"].decode())["library_name"] == "transformers"
+
+
 def test_token_is_written_nowhere_but_the_secret_file(stub, run_dir, studio_home, tmp_path):
     result = hub.push(run_dir, "tester/smol-sft", token=GOOD, remember=True)
 
