@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio import workspace
+from studio import runs, workspace
+from studio.ui.chat_tab import build_chat_tab
 from studio.ui.data_tab import build_data_tab
+from studio.ui.runs_tab import build_runs_tab
+from studio.ui.train_tab import build_train_tab
+from studio.ui.votes_tab import build_votes_tab
 
 MAX_UPLOAD = "200mb"
 
@@ -21,10 +25,19 @@ def build_app() -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Data", id="data"):
                 build_data_tab()
+            with gr.Tab("Train", id="train"):
+                build_train_tab()
+            with gr.Tab("Runs", id="runs"):
+                build_runs_tab()
+            with gr.Tab("Chat", id="chat"):
+                build_chat_tab()
+            with gr.Tab("Votes", id="votes"):
+                build_votes_tab()
     return demo
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None) -> None:
+    runs.start_scheduler()  # queued runs start, dead ones are marked, even with no page open
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
     demo.launch(

@@ -62,12 +62,13 @@ def _report_markdown(report: check.Report) -> str:
     return "\n".join(lines)
 
 
-def _problems_file(report: check.Report) -> str | None:
+def _problems_file(report: check.Report):
+    """The full problem list as a downloadable file (hidden when there is none)."""
     if not report.problems:
-        return None
+        return gr.update(value=None, visible=False)
     out = workspace.exports_dir() / f"{Path(report.path).stem}-problems.txt"
     workspace.atomic_write_text(out, "\n".join(common.problem_line(p) for p in report.problems) + "\n")
-    return str(out)
+    return gr.update(value=str(out), visible=True)
 
 
 def preview_segments(report: check.Report, index: int, model: str, template: str | None, max_length: int):
@@ -107,14 +108,14 @@ def on_check(upload, choice, method, model, template_choice, max_length):
         report = _load(path, method)
     except (ValueError, OSError) as exc:
         gr.Warning(str(exc))
-        return (None, f"**Cannot use this file.** {exc}", None, gr.update(maximum=0, value=0), [], None, "")
+        return (None, f"**Cannot use this file.** {exc}", gr.update(visible=False), 0, [], None, "")
     template = _template(template_choice)
     if not report.records:
         return (
             path,
             _report_markdown(report),
             _problems_file(report),
-            gr.update(maximum=0, value=0),
+            0,
             [],
             None,
             "",
@@ -125,8 +126,7 @@ def on_check(upload, choice, method, model, template_choice, max_length):
     except ValueError as exc:
         gr.Warning(str(exc))
         pieces, plot, stats_md = [], None, f"**Cannot render with this model.** {exc}"
-    slider = gr.update(maximum=max(len(report.records) - 1, 0), value=0)
-    return (path, _report_markdown(report), _problems_file(report), slider, pieces, plot, stats_md)
+    return (path, _report_markdown(report), _problems_file(report), 0, pieces, plot, stats_md)
 
 
 def on_browse(path, index, method, model, template_choice, max_length):
@@ -134,7 +134,7 @@ def on_browse(path, index, method, model, template_choice, max_length):
         return []
     try:
         report = _load(path, method)
-        index = min(int(index), len(report.records) - 1)
+        index = min(max(int(index or 0), 0), len(report.records) - 1)
         return preview_segments(report, index, model, _template(template_choice), int(max_length))
     except (ValueError, OSError, IndexError) as exc:
         gr.Warning(str(exc))
@@ -185,8 +185,11 @@ def build_data_tab() -> None:
             check_btn = gr.Button("Check dataset", variant="primary")
         with gr.Column(scale=2):
             report_md = gr.Markdown("Upload a file or pick a sample, then press **Check dataset**.")
-            problems = gr.File(label="All problems (download)", interactive=False)
-            index = gr.Slider(0, 0, step=1, value=0, label="Record")
+            problems = gr.File(label="All problems (download)", interactive=False, visible=False)
+            with gr.Row():
+                prev_btn = gr.Button("◀ Previous", size="sm", scale=1)
+                index = gr.Number(0, precision=0, minimum=0, label="Record (0 = first)", scale=2)
+                next_btn = gr.Button("Next ▶", size="sm", scale=1)
             preview = gr.HighlightedText(
                 label="As trained (highlighted tokens carry the loss)",
                 color_map=COLORS,
@@ -204,5 +207,11 @@ def build_data_tab() -> None:
     outputs = [path, report_md, problems, index, preview, plot, stats_md]
     check_btn.click(on_check, [upload, choice, *settings], outputs)
     upload.upload(on_check, [upload, choice, *settings], outputs)
-    index.release(on_browse, [path, index, *settings], preview)
+    index.submit(on_browse, [path, index, *settings], preview)
+    prev_btn.click(lambda i: max(int(i or 0) - 1, 0), [index], [index]).then(
+        on_browse, [path, index, *settings], preview
+    )
+    next_btn.click(lambda i: int(i or 0) + 1, [index], [index]).then(
+        on_browse, [path, index, *settings], preview
+    )
     save_btn.click(on_save, [path, name, method], [choice, saved_md])
