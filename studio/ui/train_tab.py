@@ -85,6 +85,8 @@ def _from_widget(doc: recipes.FieldDoc, value):
         return [line.strip() for line in (value or "").splitlines() if line.strip()]
     if value in ("", None):
         return None
+    if value == 0 and doc.type.endswith("| None"):  # 0 means off / all for optional numbers
+        return None
     if "int" in doc.type and "float" not in doc.type:
         return int(value)
     if "float" in doc.type and "int" not in doc.type:
@@ -116,7 +118,8 @@ def build_sets(recipe_path: str, model: str, dataset: str, values: list) -> list
 
 def command_text(recipe_path: str, sets: list[str], devices: int) -> str:
     argv = runs.train_command(recipe_path, sets, Path("RUN_DIR"), int(devices or 1))
-    argv[0] = "python"
+    head = ["accelerate", "launch"] if argv[1:3] == ["-m", "accelerate.commands.launch"] else ["python"]
+    argv = head + argv[3 if head[0] == "accelerate" else 1 :]
     text = shlex.join(argv)
     return text.replace("--run-dir RUN_DIR", "").strip()
 
@@ -207,13 +210,13 @@ def build_train_tab() -> None:
         gr.Markdown(RANK_GUIDE)
         gr.Markdown(METHOD_GUIDE)
     widgets = []
-    sections = {}
-    for doc, value in zip(editable_docs(), initial, strict=True):
-        section = doc.key.split(".", 1)[0]
-        if section not in sections:
-            sections[section] = gr.Accordion(section.capitalize(), open=section in ("lora", "training"))
-        with sections[section]:
-            widgets.append(_widget(doc, value))
+    docs = list(zip(editable_docs(), initial, strict=True))
+    for section in dict.fromkeys(doc.key.split(".", 1)[0] for doc, _ in docs):
+        fields = [(doc, value) for doc, value in docs if doc.key.startswith(section + ".")]
+        with gr.Accordion(section.capitalize(), open=section in ("lora", "training")):
+            for start in range(0, len(fields), 4):  # four fields a row keeps the tab short
+                with gr.Row():
+                    widgets += [_widget(doc, value) for doc, value in fields[start : start + 4]]
     with gr.Row():
         check_btn = gr.Button("Check recipe")
         launch_btn = gr.Button("Launch run", variant="primary")
