@@ -1,0 +1,647 @@
+"""Recipes: the typed, validated description of one training run, loaded from YAML in recipes/.
+
+A recipe is a small dataclass tree. Every field carries its help text once, in
+`field(metadata={"help": ...})`, which both `python -m studio train --help` and the UI's tooltips
+show. YAML is read with `yaml.safe_load` only and no field names code to import, so a recipe edited
+in a browser cannot run anything. Unknown keys are errors that name the closest valid key.
+
+`preflight` checks a recipe before any weights load: the recipe alone, then the hardware, the
+tokenizer and config, the dataset, and the run folder. Knows nothing about TRL or the UI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+METHODS = ("sft", "dpo", "simpo", "orpo", "kto")
+DEFAULT_BETA = {"sft": 0.1, "dpo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+_TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+
+
+def _f(default, help: str, choices: tuple | None = None, **kw):
+    """A dataclass field with its help text (and allowed values) written once."""
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class DataSection:
+    chat_template: str | None = _f(
+        None,
+        "Chat template used to render conversations: empty keeps the model's own; 'chatml', 'llama3' "
+        "or 'alpaca' replaces it (needed for base models that have none).",
+        choices=(None, "chatml", "llama3", "alpaca"),
+    )
+    train_on: str = _f(
+        "assistant",
+        "Which tokens teach the model: 'assistant' (only the answers, the usual choice) or 'all' "
+        "(prompts too).",
+        choices=("assistant", "all"),
+    )
+    max_length: int = _f(512, "Longest example in tokens; longer ones are cut at the end.")
+    max_rows: int | None = _f(None, "Use only the first N rows of the dataset (empty: all).")
+    eval_split: float = _f(
+        0.0, "Fraction of rows held out to measure eval loss (0 disables evaluation), e.g. 0.1."
+    )
+
+
+@dataclass
+class LoraSection:
+    enabled: bool = _f(
+        True, "Train a LoRA adapter (true) or every weight of the model (false: full fine-tune)."
+    )
+    r: int = _f(16, "LoRA rank: size of the low-rank update. Higher learns more and uses more memory.")
+    alpha: int = _f(32, "LoRA alpha: scale of the update (usually 2 x rank).")
+    dropout: float = _f(0.05, "Dropout on the LoRA input during training.")
+    targets: list[str] = _f(
+        ALL_PROJECTIONS,
+        "Layers that get an adapter: the attention (q,k,v,o) and MLP (gate,up,down) projections.",
+    )
+    use_rslora: bool = _f(
+        False, "Rank-stabilized LoRA: scale by alpha/sqrt(r) instead of alpha/r (helps high ranks)."
+    )
+    use_dora: bool = _f(
+        False, "DoRA: learn magnitude and direction separately (slower; merge it before chat)."
+    )
+
+
+@dataclass
+class QuantizationSection:
+    load_in_4bit: bool = _f(False, "QLoRA: load the frozen base in 4-bit (bitsandbytes) to save memory.")
+    load_in_8bit: bool = _f(False, "Load the frozen base in 8-bit (bitsandbytes).")
+    quant_type: str = _f("nf4", "4-bit number format: nf4 (QLoRA's) or fp4.", choices=("nf4", "fp4"))
+    double_quant: bool = _f(True, "Quantize the quantization constants too (saves ~0.4 bit per weight).")
+
+
+@dataclass
+class PreferenceSection:
+    beta: float = _f(
+        0.1,
+        "Preference strength: DPO/ORPO/KTO beta (0.1 typical); SimPO's reward scale (2.0 typical).",
+    )
+    simpo_gamma_beta_ratio: float = _f(
+        0.5, "SimPO target margin as a fraction of beta (the margin given to TRL is ratio x beta)."
+    )
+    desirable_weight: float = _f(1.0, "KTO: weight of the loss on good (label true) examples.")
+    undesirable_weight: float = _f(1.0, "KTO: weight of the loss on bad (label false) examples.")
+
+
+@dataclass
+class TrainingSection:
+    epochs: float = _f(1.0, "Passes over the dataset (ignored when max_steps is set).")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: run the epochs).")
+    batch_size: int = _f(4, "Examples per step on each device.")
+    grad_accum: int = _f(
+        1, "Steps whose gradients add up before one update (effective batch = batch x this)."
+    )
+    learning_rate: float = _f(2e-4, "Peak learning rate.")
+    scheduler: str = _f(
+        "cosine",
+        "How the learning rate changes over the run.",
+        choices=("cosine", "linear", "constant", "constant_with_warmup"),
+    )
+    warmup_ratio: float = _f(0.05, "Fraction of the steps spent ramping the learning rate up.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _f(1.0, "Clip gradients to this norm.")
+    neftune_alpha: float | None = _f(
+        None, "NEFTune: noise added to embeddings during SFT (5 is typical; empty: off)."
+    )
+    bf16: bool | str = _f("auto", "bfloat16 compute: 'auto' uses it where the hardware has it, else fp32.")
+    gradient_checkpointing: bool | str = _f(
+        "auto", "Recompute activations to save memory (~40% slower); 'auto' turns it on when memory is tight."
+    )
+    save_steps: int = _f(20, "Save a resumable checkpoint every N steps.")
+    save_total_limit: int = _f(2, "Keep only the newest N checkpoints.")
+    logging_steps: int = _f(1, "Write a metrics line every N steps.")
+    eval_steps: int = _f(20, "Evaluate on the held-out split every N steps (when data.eval_split > 0).")
+    seed: int = _f(42, "Random seed (data order, adapter init, dropout).")
+    num_processes: int = _f(1, "Processes (GPUs) to train on; more than 1 runs under `accelerate launch`.")
+
+
+@dataclass
+class ProbeSection:
+    prompts: list[str] = _f(
+        [], "Questions answered greedily by the base and the tuned model at the end (probes.json)."
+    )
+    max_new_tokens: int = _f(48, "Longest probe answer in tokens.")
+
+
+@dataclass
+class Recipe:
+    method: str = _f("sft", "Training method.", choices=METHODS)
+    model: str = _f("default", "Model: 'default' (SmolLM2-135M-Instruct), a Hub id, or a local folder.")
+    dataset: str = _f("sample:alpaca.jsonl", "Dataset: a saved name, 'sample:<file>', or a file path.")
+    data: DataSection = field(default_factory=DataSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    quantization: QuantizationSection = field(default_factory=QuantizationSection)
+    preference: PreferenceSection = field(default_factory=PreferenceSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    probes: ProbeSection = field(default_factory=ProbeSection)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Recipe) if dataclasses.is_dataclass(f.default_factory))
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One recipe field as documentation: dotted key, type, default, help, allowed values."""
+
+    key: str
+    type: str
+    default: object
+    help: str
+    choices: tuple | None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something preflight found: the field, what is wrong, how to fix it, and how bad it is."""
+
+    field: str
+    message: str
+    fix: str
+    severity: str = "error"  # "error" stops the run; "warning" and "info" are shown
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message} — {self.fix}"
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def field_docs() -> list[FieldDoc]:
+    """Every leaf field of a recipe, in file order (the UI's tooltips and `--help` read these)."""
+    docs = []
+    for top in dataclasses.fields(Recipe):
+        if top.name in SECTIONS:
+            section = top.default_factory
+            for sub in dataclasses.fields(section):
+                docs.append(_doc(f"{top.name}.{sub.name}", sub, _hints(section)[sub.name], section()))
+        else:
+            docs.append(_doc(top.name, top, _hints(Recipe)[top.name], Recipe()))
+    return docs
+
+
+def _doc(key: str, f: dataclasses.Field, hint, instance) -> FieldDoc:
+    name = key.rsplit(".", 1)[-1]
+    type_name = str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    return FieldDoc(key, type_name, getattr(instance, name), f.metadata["help"], f.metadata.get("choices"))
+
+
+def field_help(key: str) -> str:
+    """Help text of one dotted key, e.g. field_help("lora.r")."""
+    for doc in field_docs():
+        if doc.key == key:
+            return doc.help
+    raise ValueError(f"no recipe field {key!r}{_suggest(key, [d.key for d in field_docs()])}")
+
+
+def fields_help() -> str:
+    """All fields as text, for `python -m studio train --help`."""
+    lines = ["recipe fields (set any with --set KEY=VALUE):"]
+    for doc in field_docs():
+        lines.append(f"  {doc.key} = {doc.default!r}\n      {doc.help}")
+    return "\n".join(lines)
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(valid)})"
+
+
+def _line_of(lines: dict[str, int | str], key: str) -> str:
+    where = lines.get(key)
+    return "" if where is None else (f" line {where}" if isinstance(where, int) else f" ({where})")
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> 1-based line number in the YAML text, so errors can point at the line."""
+    lines: dict[str, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key_node, value_node in root.value:
+        lines[str(key_node.value)] = key_node.start_mark.line + 1
+        if isinstance(value_node, yaml.MappingNode):
+            for sub_key, _ in value_node.value:
+                lines[f"{key_node.value}.{sub_key.value}"] = sub_key.start_mark.line + 1
+    return lines
+
+
+def _coerce(value, hint, where: str):
+    """Check `value` against a field's type hint; return it (ints become floats where asked)."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) else ()
+    options = args if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+        if typing.get_origin(option) is list:
+            if isinstance(value, str):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return list(value)
+    allowed = " or ".join("empty" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    raise ValueError(f"{where}: {value!r} is not a valid value — expected {allowed}")
+
+
+def _check_choice(value, f: dataclasses.Field, where: str) -> None:
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        shown = ", ".join("empty" if c is None else str(c) for c in choices)
+        raise ValueError(f"{where}: {value!r} is not one of {shown}")
+    if f.name in ("bf16", "gradient_checkpointing") and isinstance(value, str) and value != "auto":
+        raise ValueError(f"{where}: {value!r} must be true, false or auto")
+
+
+def _build(cls, data: dict, prefix: str, source: str, lines: dict[str, int | str]):
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}{_line_of(lines, prefix)}: '{prefix}' must be a mapping of fields")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        where = f"{source}{_line_of(lines, dotted)}: {dotted}"
+        if key not in names:
+            raise ValueError(f"{where} is not a recipe field{_suggest(str(key), list(names))}")
+        sub = names[key]
+        if (
+            dataclasses.is_dataclass(sub.default_factory)
+            if sub.default_factory is not dataclasses.MISSING
+            else False
+        ):
+            kwargs[key] = _build(sub.default_factory, value or {}, dotted, source, lines)
+            continue
+        if isinstance(value, str) and _TOKEN_RE.search(value):
+            raise ValueError(
+                f"{where} looks like a Hugging Face token: set HF_TOKEN in the environment instead"
+            )
+        coerced = _coerce(value, hints[key], where)
+        _check_choice(coerced, sub, where)
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, source: str = "recipe", lines: dict[str, int | str] | None = None) -> Recipe:
+    """Validate a plain dict (from YAML) into a Recipe; raises ValueError naming the field."""
+    recipe = _build(Recipe, data or {}, "", source, lines or {})
+    if "preference" not in (data or {}) or "beta" not in (data or {}).get("preference", {}):
+        recipe.preference.beta = DEFAULT_BETA[recipe.method]
+    return recipe
+
+
+def shortcut(key: str) -> str:
+    """Resolve a --set key: a dotted key, a top-level field, or a leaf name unique among sections.
+
+    >>> shortcut("max_steps")
+    'training.max_steps'
+    """
+    valid = [doc.key for doc in field_docs()]
+    if key in valid or key in SECTIONS:
+        return key
+    matches = [k for k in valid if k.rsplit(".", 1)[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ValueError(f"--set {key}: ambiguous, use one of {', '.join(matches)}")
+    raise ValueError(f"--set {key}: not a recipe field{_suggest(key, valid)}")
+
+
+def apply_sets(data: dict, sets: list[str]) -> dict:
+    """Apply `--set key=value` overrides (values parsed as YAML scalars) to a recipe dict."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (data or {}).items()}
+    for item in sets:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: write it as KEY=VALUE, e.g. --set lora.r=8")
+        key, raw = item.split("=", 1)
+        dotted = shortcut(key.strip())
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {key}: {raw!r} is not a valid value ({exc.problem})") from exc
+        if isinstance(value, dict):
+            raise ValueError(f"--set {key}: give one value, not a mapping")
+        if "." in dotted:
+            section, leaf = dotted.split(".", 1)
+            data.setdefault(section, {})
+            if not isinstance(data[section], dict):
+                raise ValueError(f"--set {key}: recipe field '{section}' is not a section")
+            data[section][leaf] = value
+        else:
+            data[dotted] = value
+    return data
+
+
+def load(path: str | Path, sets: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML file, apply `--set` overrides, and validate it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"recipe {path} cannot be read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ValueError(f"recipe {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {path}: the file must be a mapping of fields (see recipes/lora_sft.yaml)")
+    lines: dict[str, int | str] = dict(_key_lines(text))
+    for item in sets or []:
+        lines[shortcut(item.split("=", 1)[0].strip())] = f"--set {item}"
+    return from_dict(apply_sets(data, sets or []), source=str(path), lines=lines)
+
+
+def to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def to_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML (what a run folder's recipe.yaml holds)."""
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------- preflight: before any weights load
+
+
+def config_problems(recipe: Recipe) -> list[Problem]:
+    """Cross-field checks of the recipe alone."""
+    out = []
+    q, lo, t = recipe.quantization, recipe.lora, recipe.training
+    if q.load_in_4bit and q.load_in_8bit:
+        out.append(
+            Problem(
+                "quantization.load_in_8bit",
+                "4-bit and 8-bit loading are both on",
+                "choose one: set quantization.load_in_8bit=false for QLoRA",
+            )
+        )
+    if (q.load_in_4bit or q.load_in_8bit) and not lo.enabled:
+        out.append(
+            Problem(
+                "lora.enabled",
+                "a quantized model cannot be fully fine-tuned",
+                "set lora.enabled=true, or turn quantization off for a full fine-tune",
+            )
+        )
+    if lo.enabled and lo.alpha < lo.r:
+        out.append(
+            Problem(
+                "lora.alpha",
+                f"alpha {lo.alpha} is below the rank {lo.r}: the update is scaled down and learns slowly",
+                f"set lora.alpha={2 * lo.r} (2 x rank)",
+                "warning",
+            )
+        )
+    if lo.enabled and (lo.r < 1 or not lo.targets):
+        out.append(
+            Problem(
+                "lora.r",
+                "LoRA needs a rank of at least 1 and one target layer",
+                "set lora.r=16 and lora.targets to the projections",
+            )
+        )
+    if not 0.0 <= recipe.data.eval_split < 0.5:
+        out.append(
+            Problem(
+                "data.eval_split",
+                f"{recipe.data.eval_split} is not a fraction below 0.5",
+                "use 0 (no evaluation) or e.g. 0.1",
+            )
+        )
+    if t.max_steps <= 0 and t.epochs <= 0:
+        out.append(
+            Problem(
+                "training.max_steps",
+                "neither max_steps nor epochs is positive",
+                "set training.max_steps=N or training.epochs=1",
+            )
+        )
+    for name in ("batch_size", "grad_accum", "save_steps", "logging_steps", "eval_steps", "num_processes"):
+        if getattr(t, name) < 1:
+            out.append(Problem(f"training.{name}", "must be at least 1", f"set training.{name}=1 or more"))
+    if recipe.data.max_length < 16:
+        out.append(
+            Problem("data.max_length", "is too short to hold a prompt and an answer", "use 256 or more")
+        )
+    if recipe.method == "kto" and t.batch_size < 2:
+        out.append(
+            Problem(
+                "training.batch_size",
+                "KTO compares each example with others in its batch",
+                "set training.batch_size=2 or more",
+            )
+        )
+    if t.neftune_alpha is not None and recipe.method != "sft":
+        out.append(Problem("training.neftune_alpha", "NEFTune is meant for SFT", "leave it empty", "warning"))
+    return out
+
+
+def _hardware_problems(recipe: Recipe) -> list[Problem]:
+    from studio import memory
+
+    if recipe.training.bf16 is True and not memory.bf16_supported():
+        return [
+            Problem(
+                "training.bf16",
+                "bf16 is asked for but this machine cannot compute in bfloat16",
+                "set training.bf16=auto (fp32 here) or false",
+            )
+        ]
+    return []
+
+
+def _tokenizer_problems(recipe: Recipe) -> tuple[object | None, list[Problem]]:
+    from studio import models
+    from studio.data import templates
+
+    try:
+        tokenizer = models.load_tokenizer(recipe.model)
+    except ValueError as exc:
+        return None, [
+            Problem("model", str(exc), "choose 'default', a local model folder, or a cached Hub id")
+        ]
+    out = []
+    eos, pad = tokenizer.eos_token, tokenizer.pad_token
+    if pad is None or pad == eos:
+        what = "has no pad token" if pad is None else f"pads with its end-of-sequence token {eos}"
+        out.append(
+            Problem(
+                "model",
+                f"the tokenizer {what}",
+                "nothing to do: train pads with an unused special "
+                "token (or adds one) so the model still learns to stop",
+                "info",
+            )
+        )
+    try:
+        templates.ensure_chat_template(tokenizer, recipe.data.chat_template)
+    except ValueError as exc:
+        out.append(
+            Problem("data.chat_template", str(exc), "set data.chat_template=chatml (or llama3, alpaca)")
+        )
+        return None, out
+    return tokenizer, out
+
+
+def _dataset_problems(recipe: Recipe) -> tuple[list[dict], str, list[Problem]]:
+    from studio.data import check, formats, store
+
+    try:
+        report = check.load(
+            store.resolve(recipe.dataset), method=recipe.method, max_rows=recipe.data.max_rows
+        )
+    except ValueError as exc:
+        return [], "", [Problem("dataset", str(exc), "choose a saved dataset, a sample, or a readable file")]
+    want = formats.kind_for_method(recipe.method)
+    records = list(report.records)
+    fits = report.kind == want or (recipe.method == "kto" and report.kind == "preference")
+    if not fits or not records:
+        first = (
+            "; ".join(str(p) for p in report.problems[:3]) or f"it holds {report.kind or 'no usable'} data"
+        )
+        return (
+            [],
+            "",
+            [
+                Problem(
+                    "dataset",
+                    f"{recipe.dataset} does not fit {recipe.method.upper()}: {first}",
+                    f"use a {want} dataset (e.g. {_sample_for(want)}) or another method",
+                )
+            ],
+        )
+    return records, report.kind, []
+
+
+def _sample_for(kind: str) -> str:
+    return {"sft": "sample:alpaca.jsonl", "preference": "sample:dpo.jsonl", "kto": "sample:kto.jsonl"}[kind]
+
+
+def _length_problems(recipe: Recipe, tokenizer, records: list[dict], kind: str) -> list[Problem]:
+    from studio.data import stats
+
+    sample = records[:200]
+    measured = stats.token_stats(sample, tokenizer, recipe.data.max_length, recipe.data.chat_template, kind)
+    if not measured.count:
+        return []
+    share = measured.over_max / measured.count
+    lengths = sorted(measured.total_lengths)
+    median = lengths[len(lengths) // 2]
+    if share > 0.5:
+        return [
+            Problem(
+                "data.max_length",
+                f"{recipe.data.max_length} tokens is shorter than most examples "
+                f"({share:.0%} are longer; median {median})",
+                f"set data.max_length={_round_up(median * 2)}",
+            )
+        ]
+    if measured.dropped:
+        return [
+            Problem(
+                "data.max_length",
+                f"{measured.dropped} of {measured.count} examples lose their whole "
+                "answer at this length and are skipped",
+                f"set data.max_length={_round_up(lengths[-1])}",
+                "warning",
+            )
+        ]
+    return []
+
+
+def _round_up(n: int) -> int:
+    return max(64, 1 << max(n - 1, 1).bit_length())
+
+
+def run_dir_problems(run_dir: Path, resume: bool) -> list[Problem]:
+    """A new run must not overwrite another; a resumed one needs a complete checkpoint."""
+    from studio import runfolder
+
+    run_dir = Path(run_dir)
+    if resume:
+        if runfolder.last_complete_checkpoint(run_dir) is None:
+            return [
+                Problem(
+                    "run_dir",
+                    f"{run_dir} has no complete checkpoint to resume from",
+                    "start it again without --resume, in a new folder",
+                )
+            ]
+        return []
+    state = runfolder.read_status(run_dir).get("state")
+    used = [
+        name
+        for name in ("metrics.jsonl", "checkpoints", "adapter", "recipe.yaml")
+        if (run_dir / name).exists()
+    ]
+    if used or state not in (None, "queued", "starting"):
+        return [
+            Problem(
+                "run_dir",
+                f"{run_dir} already holds a run ({', '.join(used) or state})",
+                "choose a new --run-dir, or add --resume to continue that run",
+            )
+        ]
+    return []
+
+
+def preflight(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> list[Problem]:
+    """Every problem found before loading weights (configs, tokenizer, dataset, run folder only)."""
+    problems = config_problems(recipe) + _hardware_problems(recipe)
+    tokenizer, found = _tokenizer_problems(recipe)
+    problems += found
+    records, kind, found = _dataset_problems(recipe)
+    problems += found
+    if tokenizer is not None and records:
+        problems += _length_problems(recipe, tokenizer, records, kind)
+    if run_dir is not None:
+        problems += run_dir_problems(run_dir, resume)
+    if not any(p.field == "model" and p.severity == "error" for p in problems):
+        problems += _memory_problems(recipe)
+    return problems
+
+
+def _memory_problems(recipe: Recipe) -> list[Problem]:
+    from studio import memory, models
+
+    try:
+        estimate = memory.estimate_memory(models.info(recipe.model), recipe)
+    except (ValueError, AttributeError, OSError):
+        return []
+    if estimate.verdict == "will not fit":
+        return [
+            Problem(
+                "quantization.load_in_4bit",
+                f"the run needs {estimate.summary()}",
+                "use QLoRA, a smaller batch_size or max_length, or gradient checkpointing",
+                "warning",
+            )
+        ]
+    return []

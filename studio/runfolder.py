@@ -1,0 +1,295 @@
+"""The run folder as the trainer writes it: status.json, metrics.jsonl, train.log, checkpoints, probes.
+
+Holds the trainer callback that turns log events into metrics lines, a stop request into a
+checkpoint, and a non-finite loss into a failed run. Knows the folder layout of DESIGN.md and the
+transformers callback API; knows nothing about TRL, recipes or the UI.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from studio import workspace
+
+_SUMMARY_KEY = "train_loss"  # only the end-of-training summary has it
+_NOISE = ("train_runtime", "train_tokens_per_second", "num_input_tokens_seen")  # cumulative, and per-method
+
+
+def update_status(run_dir: Path, **fields) -> dict:
+    """Merge `fields` into status.json (atomically), keeping what other writers put there."""
+    path = Path(run_dir) / "status.json"
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        status = {}
+    status.update(fields)
+    workspace.atomic_write_json(path, status)
+    return status
+
+
+def read_status(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, stream, log) -> None:
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.log.write(text)
+        self.log.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+def tee_output(log_path: Path) -> None:
+    """Copy stdout/stderr into train.log, unless they already are train.log (a launcher redirected them)."""
+    log_path = Path(log_path)
+    if log_path.exists():
+        target = os.stat(log_path)
+        try:
+            out = os.fstat(sys.stdout.fileno())
+            if (out.st_dev, out.st_ino) == (target.st_dev, target.st_ino):
+                return
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+    log = open(log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives as long as the process
+    sys.stdout = _Tee(sys.stdout, log)
+    sys.stderr = _Tee(sys.stderr, log)
+
+
+def agree_on_run_dir(given: Path | None, make_default: Callable[[], Path]) -> Path:
+    """The run folder; with several processes and none given, rank 0 names it and tells the rest."""
+    if given is not None:
+        return given.expanduser().resolve()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return make_default()
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    PartialState(cpu=not torch.cuda.is_available())
+    names = [str(make_default()) if int(os.environ.get("RANK", "0")) == 0 else None]
+    broadcast_object_list(names, from_process=0)
+    return Path(names[0])
+
+
+# ---------------------------------------------------------------- checkpoints and metrics
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+
+
+def _is_complete(path: Path) -> bool:
+    # trainer_state.json is written last, after weights, optimizer, scheduler and RNG state
+    try:
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (path / "optimizer.pt").is_file() and (path / "scheduler.pt").is_file()
+
+
+def checkpoints(run_dir: Path) -> list[Checkpoint]:
+    """Every checkpoint-N folder, oldest first, complete or not."""
+    found = []
+    for path in (Path(run_dir) / "checkpoints").glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit():
+            found.append(Checkpoint(path, int(suffix)))
+    return sorted(found, key=lambda c: c.step)
+
+
+def last_complete_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest checkpoint that was fully written (a kill mid-save leaves a partial one)."""
+    complete = [c for c in checkpoints(run_dir) if _is_complete(c.path)]
+    return complete[-1] if complete else None
+
+
+def discard_partial_checkpoints(run_dir: Path) -> list[Path]:
+    """Delete checkpoints a kill left half-written, so nothing resumes from or rotates them."""
+    removed = []
+    for ckpt in checkpoints(run_dir):
+        if not _is_complete(ckpt.path):
+            shutil.rmtree(ckpt.path, ignore_errors=True)
+            removed.append(ckpt.path)
+    return removed
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a kill
+    return rows
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric lines past `step`, so a resumed run logs no step twice."""
+    kept = [row for row in read_metrics(run_dir) if int(row.get("step", 0)) <= step]
+    text = "".join(json.dumps(row) + "\n" for row in kept)
+    workspace.atomic_write_text(Path(run_dir) / "metrics.jsonl", text)
+
+
+def write_probes(run_dir: Path, prompts: list[str], before: list[str], after: list[str]) -> None:
+    workspace.atomic_write_json(
+        Path(run_dir) / "probes.json", {"prompts": prompts, "before": before, "after": after}
+    )
+
+
+def oom_message(run_dir: Path) -> str:
+    estimate = read_status(run_dir).get("memory_estimate_gb")
+    guess = f" (the estimate for this recipe was {estimate} GB)" if estimate else ""
+    return (
+        f"out of memory{guess}: use QLoRA (quantization.load_in_4bit=true), a smaller training.batch_size "
+        "or data.max_length, or training.gradient_checkpointing=true"
+    )
+
+
+# ---------------------------------------------------------------- the callback
+
+
+class TokenCounter:
+    """Wraps a data collator and counts the real (unpadded) tokens of every batch it builds.
+
+    Works for every method's batch layout (input_ids, chosen_/rejected_/completion_ ids), where
+    the Trainer's own counter only knows `input_ids`.
+    """
+
+    def __init__(self, collator) -> None:
+        self.collator = collator
+        self.tokens = 0
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        for key, value in batch.items():
+            if key.endswith("attention_mask") and hasattr(value, "sum"):
+                self.tokens += int(value.sum())
+        return batch
+
+
+class RunCallback(TrainerCallback):
+    """Metrics lines, status updates, stop-on-signal, and fail-on-non-finite-loss."""
+
+    def __init__(self, run_dir: Path, flag, is_main: bool, counter: TokenCounter | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.counter = counter
+        self.flag = flag
+        self.is_main = is_main
+        self.error: str | None = None
+        self._last_tokens = 0
+        self._last_time = time.monotonic()
+        self._last_status = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_tokens = self._tokens()
+        self._last_time = time.monotonic()
+        if self.is_main:
+            update_status(self.run_dir, step=state.global_step, max_steps=state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if _any_rank(self.flag.raised):
+            self.flag.raised = True
+            control.should_save = True
+            control.should_training_stop = True
+        now = time.monotonic()
+        if self.is_main and now - self._last_status > 2.0:
+            self._last_status = now
+            update_status(self.run_dir, step=state.global_step, max_steps=state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        if _SUMMARY_KEY in logs:
+            if self.is_main:
+                update_status(self.run_dir, summary={k: v for k, v in logs.items() if _number(v)})
+            return
+        loss = logs.get("loss")
+        if loss is not None and not (_number(loss) and math.isfinite(loss)):
+            self.error = (
+                f"the loss became {loss} at step {state.global_step}: training diverged. Lower "
+                f"training.learning_rate (now {args.learning_rate:g}), keep training.max_grad_norm at 1.0, "
+                "or turn training.bf16 off"
+            )
+            control.should_training_stop = True
+            control.should_save = False
+        if self.is_main:
+            self._write(state, logs)
+
+    def _tokens(self) -> int:
+        # per process; every rank reads the same number of tokens on average
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return self.counter.tokens * world if self.counter is not None else 0
+
+    def _write(self, state, logs: dict) -> None:
+        row = {"step": state.global_step, "time": round(time.time(), 3)}
+        row.update({k: v for k, v in logs.items() if (_number(v) or v is None) and k not in _NOISE})
+        now = time.monotonic()
+        tokens = self._tokens()
+        if "loss" in logs and tokens > self._last_tokens and now > self._last_time:
+            # tokens read since the previous log line, over the wall time since then
+            row["tokens_per_second"] = round((tokens - self._last_tokens) / (now - self._last_time), 2)
+            self._last_tokens, self._last_time = tokens, now
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(_finite_json(row)) + "\n")
+            fh.flush()
+        update_status(self.run_dir, step=state.global_step, max_steps=state.max_steps)
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("time",))
+        print(f"[studio] {shown}", flush=True)
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _finite_json(row: dict) -> dict:
+    # JSON has no NaN: a diverged loss is written as a string the UI can show
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in row.items()}
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank if any rank was asked to stop, so all stop at the same step."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return flag
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
