@@ -49,8 +49,8 @@ check_auth() {
 check_workspace() {
     local dir="${STUDIO_HOME:-/data/studio}"
     mkdir -p "$dir" 2>/dev/null || true
-    if [[ ! -w "$dir" ]]; then
-        fail "STUDIO_HOME=$dir is not writable by uid $(id -u): mount a volume there (-v studio-data:$dir), or make the host folder writable by uid $(id -u), or run with --user \"\$(id -u):\$(id -g)\""
+    if [[ ! -d "$dir" || ! -w "$dir" ]]; then
+        fail "STUDIO_HOME=$dir is not a writable folder for uid $(id -u): mount a volume there (-v studio-data:$dir), or make the host folder writable by uid $(id -u), or run with --user \"\$(id -u):\$(id -g)\""
     fi
 }
 

@@ -291,7 +291,9 @@ def slurm_script(job: ClusterJob) -> str:
         f"cd {workdir}",
         *_requirement_check(job),
         "",
-        'MAIN_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        # Not `| head -n 1`: under pipefail, scontrol's SIGPIPE would end the job.
+        'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+        'MAIN_ADDR="${NODES[0]}"',
         f'RUN_DIR="$STUDIO_HOME/runs/{job.job_name}-$SLURM_JOB_ID"',
         "RESUME_FLAG=",
         'if compgen -G "$RUN_DIR/checkpoints/checkpoint-*" >/dev/null; then RESUME_FLAG=--resume; fi',
@@ -324,7 +326,7 @@ def torchrun_command(job: ClusterJob, main_address: str | None = None) -> str:
             "`accelerate launch --config_file ...`, or choose strategy ddp"
         )
     if main_address is None:
-        endpoint = f'"${{MAIN_ADDR:?set MAIN_ADDR to the first node\'s address}}:{job.port}"'
+        endpoint = f'"${{MAIN_ADDR:?set MAIN_ADDR to the address of the first node}}:{job.port}"'
     elif _HOST_RE.match(main_address):
         endpoint = shlex.quote(f"{main_address}:{job.port}")
     else:
