@@ -29,6 +29,7 @@
 #     tune-studio python -m studio train recipes/lora_sft.yaml --set max_steps=20
 #   docker run --gpus all --ipc=host ... tune-studio \
 #     accelerate launch --config_file recipes/accelerate/ddp.yaml -m studio train recipes/lora_sft.yaml
+# (add --no-healthcheck there: the healthcheck asks the web app, which a training job does not run).
 #
 # Files: /data/studio is STUDIO_HOME (datasets, runs, adapters, studio.db); /data/hf is HF_HOME
 # (downloaded models). Both are volumes owned by uid 1000; a bind-mounted host folder must be
@@ -69,6 +70,8 @@ ENV PYTHONUNBUFFERED=1 \
     STUDIO_HOME=/data/studio \
     HF_HOME=/data/hf \
     GRADIO_ANALYTICS_ENABLED=False \
+    GRADIO_EXAMPLES_CACHE=/tmp/gradio/examples \
+    MPLCONFIGDIR=/tmp/matplotlib \
     STUDIO_PORT=7860
 
 WORKDIR /app
@@ -93,7 +96,8 @@ RUN if id -u ubuntu >/dev/null 2>&1; then userdel --remove ubuntu; fi \
     && mkdir -p /data/studio /data/hf \
     && chown studio:studio /data/studio /data/hf
 
-# The code stays owned by root: the app reads it, only the volumes are writable.
+# The code stays owned by root: the app reads it, only the volumes and /tmp are writable (Gradio's
+# and matplotlib's caches are pointed at /tmp above, since the app runs in /app).
 COPY app.py ./
 COPY studio ./studio
 COPY recipes ./recipes

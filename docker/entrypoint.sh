@@ -12,6 +12,13 @@ set -euo pipefail
 
 APP_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+# Run with --user UID:GID for a bind mount, the user may have no home folder it can write;
+# Python caches (torch, triton, pip) then go to /tmp instead of failing.
+if [[ -z "${HOME:-}" || ! -w "${HOME:-/}" ]]; then
+    export HOME=/tmp/studio-home
+    mkdir -p "$HOME"
+fi
+
 fail() {
     printf 'tune-studio: %s\n' "$1" >&2
     exit 64
