@@ -1,0 +1,128 @@
+"""Run lifecycle with real training subprocesses on the tiny model: queue, stop, kill, resume,
+re-attach after the app forgets its children, delete and duplicate."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from studio import runs
+
+RECIPE = "recipes/lora_sft.yaml"
+
+
+def _sets(tiny_model, steps: int, save_steps: int = 2) -> list[str]:
+    return [f"model={tiny_model}", f"max_steps={steps}", f"training.save_steps={save_steps}",
+            "data.eval_split=0", "probes.prompts=[]"]
+
+
+def _wait(run_id: str, states: tuple[str, ...], timeout: float = 120.0, min_step: int = 0) -> runs.RunInfo:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs.schedule()
+        info = runs.get(run_id)
+        if info.state in states and int(info.status.get("step") or 0) >= min_step:
+            return info
+        time.sleep(0.5)
+    raise AssertionError(f"{run_id} stayed {info.state} (step {info.status.get('step')}):\n{runs.log_tail(run_id)}")
+
+
+def _group(run_id: str) -> list[psutil.Process]:
+    pgid = runs.get(run_id).launch["pgid"]
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return found
+
+
+def test_two_launches_queue_in_order_never_both_running(tiny_model):
+    first = runs.submit(RECIPE, _sets(tiny_model, 3), "sft")
+    second = runs.submit(RECIPE, _sets(tiny_model, 2), "sft")
+    assert runs.get(second).state == "queued"
+    seen_both = False
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        states = {r.run_id: r.state for r in runs.list_runs()}
+        active = [r for r, s in states.items() if s in ("starting", "running", "stopping")]
+        seen_both |= len(active) > 1
+        if all(s == "completed" for s in states.values()):
+            break
+        time.sleep(0.3)
+    a, b = runs.get(first), runs.get(second)
+    assert (a.state, b.state) == ("completed", "completed"), runs.log_tail(second)
+    assert not seen_both
+    assert b.status["started_at"] >= a.status["ended_at"]
+    assert (b.path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_stop_checkpoints_leaves_no_process_and_resume_completes(tiny_model):
+    run_id = runs.submit(RECIPE, _sets(tiny_model, 400, save_steps=1000), "sft")
+    _wait(run_id, ("running",), min_step=3)
+    assert _group(run_id), "the run's process group should be alive while it trains"
+    runs.stop(run_id, grace_s=60)
+    info = _wait(run_id, ("stopped",), timeout=90)
+    deadline = time.monotonic() + 10
+    while _group(run_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group(run_id), "stop left processes of the run alive"
+    assert list((info.path / "checkpoints").glob("checkpoint-*")), "SIGTERM should save a checkpoint"
+    stopped_at = int(info.status["step"])
+    assert 0 < stopped_at < 400
+
+    runs.resume(run_id)
+    _wait(run_id, ("running",), min_step=stopped_at + 1)
+    runs.stop(run_id, grace_s=60)
+    _wait(run_id, ("stopped",), timeout=90)
+    steps = [row["step"] for row in runs.read_metrics(run_id) if "loss" in row]
+    assert steps == sorted(set(steps)), "a resumed run must not repeat steps in metrics.jsonl"
+
+
+def test_killed_run_is_marked_failed_with_its_log_tail(tiny_model):
+    run_id = runs.submit(RECIPE, _sets(tiny_model, 400, save_steps=1000), "sft")
+    _wait(run_id, ("running",), min_step=2)
+    os.killpg(runs.get(run_id).launch["pgid"], signal.SIGKILL)
+    info = _wait(run_id, ("failed",), timeout=30)
+    assert "ended without reporting" in info.status["error"]
+    assert "[studio]" in info.status["error"], "the failure should carry the last lines of train.log"
+
+
+def test_run_is_reattached_after_the_app_forgets_it(tiny_model):
+    run_id = runs.submit(RECIPE, _sets(tiny_model, 40, save_steps=1000), "sft")
+    _wait(run_id, ("running",), min_step=1)
+    runs._procs.clear()  # what an app restart looks like: no Popen handles, only the run folder
+    assert runs.get(run_id).state == "running"
+    assert runs.active_run().run_id == run_id
+    info = _wait(run_id, ("completed",), timeout=180)
+    assert info.status["step"] == 40
+
+
+def test_delete_duplicate_and_guards(tiny_model):
+    run_id = runs.submit(RECIPE, _sets(tiny_model, 2), "sft")
+    with pytest.raises(ValueError, match="only a stopped or failed run"):
+        runs.resume(run_id)
+    _wait(run_id, ("completed",), timeout=120)
+    copy = runs.duplicate(run_id)
+    assert copy != run_id
+    assert runs.get(copy).launch["sets"] == runs.get(run_id).launch["sets"]
+    runs.stop(copy)  # queued or starting: stops before training
+    _wait(copy, ("stopped", "completed"), timeout=120)
+    runs.delete(run_id)
+    assert not (runs.get(copy).path.parent / run_id).exists()
+    with pytest.raises(ValueError, match="no run"):
+        runs.get(run_id)
+    with pytest.raises(ValueError, match="not allowed"):
+        runs.get("../etc")
+
+
+def test_train_command_is_never_a_shell_string(tmp_path):
+    argv = runs.train_command("recipes/x.yaml", ["dataset=my data; rm -rf /"], tmp_path, 2)
+    assert isinstance(argv, list) and "--multi_gpu" in argv
+    assert "dataset=my data; rm -rf /" in argv  # one argument, never interpreted by a shell
