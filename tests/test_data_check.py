@@ -90,6 +90,22 @@ def test_a_file_with_no_valid_rows_is_not_usable():
     assert "NOT USABLE" in report.summary()
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]", "has no examples"),
+        ('{"train": []}', "has no examples"),
+        ('{"a": 1,}\n{"b": \n', "no valid rows: all 2 rows have errors"),
+        ("42", "no valid rows: the only row has errors"),
+    ],
+)
+def test_files_without_a_usable_row_say_so(tmp_path, text, message):
+    path = tmp_path / ("d.json" if text.startswith(("[", '{"train')) else "d.jsonl")
+    path.write_text(text, encoding="utf-8")
+    report = check.load(path)
+    assert not report.usable and message in report.problems[0].message
+
+
 def test_method_adapts_the_data_or_explains(tmp_path):
     assert check.load(SAMPLES / "dpo.jsonl", method="kto").rows == 80
     report = check.load(SAMPLES / "alpaca.jsonl", method="dpo")

@@ -100,11 +100,12 @@ def load(
 def _no_rows(file: str, rows_read: int) -> Problem:
     if rows_read == 0:
         return Problem(file, None, None, "has no examples", "add at least one example row")
+    every = "the only row has" if rows_read == 1 else f"all {rows_read} rows have"
     return Problem(
         file,
         None,
         None,
-        f"no valid rows: all {rows_read} rows have errors",
+        f"no valid rows: {every} errors",
         "fix the errors listed for each line (the first ones show what is wrong)",
     )
 

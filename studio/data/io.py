@@ -19,6 +19,14 @@ from pathlib import Path
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # CSV cells holding these columns may carry a JSON list of messages.
+_JSON_TYPES = {
+    list: "list",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "true/false",
+    type(None): "null",
+}
 _JSON_COLUMNS = {"messages", "conversations", "chosen", "rejected", "prompt", "completion"}
 
 
@@ -171,7 +179,7 @@ def _object_row(path: Path, value: object, number: int, unit: str, problems: lis
             path.name,
             number,
             None,
-            f"is a JSON {type(value).__name__.replace('str', 'string')}, not an object",
+            f"is a JSON {_JSON_TYPES.get(type(value), type(value).__name__)}, not an object",
             'each example must be an object like {"instruction": ..., "output": ...}',
             unit=unit,
         )

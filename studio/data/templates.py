@@ -2,12 +2,12 @@
 
 THE one function the Data tab's preview, the token statistics and the trainer share: what you
 preview is what you train. `tokenize_sft` renders the whole conversation once with the tokenizer's
-chat template, locates every assistant answer in the rendered text (rendering the conversation up
-to that answer with the generation prompt tells where the answer starts, whatever the template
-adds: SmolLM2's default system prompt, Llama 3 headers, ...), extends each span over the
-end-of-turn marker (<|im_end|>, <|eot_id|>, eos), then tokenizes the text once with character
-offsets and trains exactly the tokens that overlap those spans. No `{% generation %}` markers are
-needed. Knows nothing about files, formats, trainers or the UI.
+chat template, finds every assistant answer right after the assistant opener the template adds
+(learned by rendering with the generation prompt, so whatever else the template injects -
+SmolLM2's default system prompt, Llama 3 headers - is never mistaken for an answer), extends
+each span over the end-of-turn marker (<|im_end|>, <|eot_id|>, eos), then tokenizes the text once
+with character offsets and trains exactly the tokens that overlap those spans. No
+`{% generation %}` markers are needed. Knows nothing about files, formats, trainers or the UI.
 """
 
 from __future__ import annotations
@@ -80,10 +80,25 @@ def render(
     )
 
 
+def generation_prompt(tokenizer, chat_template: str | None) -> str:
+    """The text the template adds to open an assistant turn (e.g. "<|im_start|>assistant\n")."""
+    probe = [{"role": "user", "content": "x"}]
+    closed = render(probe, tokenizer, chat_template)
+    opened = render(probe, tokenizer, chat_template, generation_prompt=True)
+    return opened[len(closed) :] if opened.startswith(closed) else ""
+
+
 def assistant_spans(
-    messages: list[dict], tokenizer, chat_template: str | None
+    messages: list[dict], tokenizer, chat_template: str | None, opener: str | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of each assistant answer + end-of-turn."""
+    """The rendered conversation and the character spans of each assistant answer + end-of-turn.
+
+    An answer starts after the next assistant opener (`generation_prompt`); when the template
+    renders history differently, after the conversation rendered up to it with the generation
+    prompt (one more render per answer).
+    """
+    if opener is None:
+        opener = generation_prompt(tokenizer, chat_template)
     full = render(messages, tokenizer, chat_template)
     markers = _end_markers(tokenizer)
     spans: list[tuple[int, int]] = []
@@ -91,9 +106,13 @@ def assistant_spans(
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prefix = render(messages[:i], tokenizer, chat_template, generation_prompt=True)
-        if full.startswith(prefix):
-            cursor = max(cursor, len(prefix))
+        found = full.find(opener, cursor) if opener else -1
+        if found >= 0:
+            cursor = found + len(opener)
+        else:
+            prefix = render(messages[:i], tokenizer, chat_template, generation_prompt=True)
+            if full.startswith(prefix):
+                cursor = max(cursor, len(prefix))
         start, end = _find_content(full, message["content"], cursor)
         spans.append((start, _past_end_marker(full, end, markers)))
         cursor = spans[-1][1]
@@ -153,16 +172,27 @@ def tokenize_sft_batch(
     if train_on not in ("assistant", "all"):
         raise ValueError(f"train_on {train_on!r} must be 'assistant' or 'all'")
     chat_template = _template_text(tokenizer, template)
-    rendered = [assistant_spans(_messages(r), tokenizer, chat_template) for r in records]
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer([text for text, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
-        tokens = list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
-    else:
+    opener = generation_prompt(tokenizer, chat_template)
+    rendered = [assistant_spans(_messages(r), tokenizer, chat_template, opener) for r in records]
+    tokens = _encode([text for text, _ in rendered], tokenizer)
+    if tokens is None:
         tokens = [_tokenize_by_pieces(text, spans, tokenizer) for text, spans in rendered]
     return [
         _masked(text, spans, ids, offsets, max_length, train_on == "all")
         for (text, spans), (ids, offsets) in zip(rendered, tokens, strict=True)
     ]
+
+
+def _encode(texts: list[str], tokenizer) -> list[tuple[list[int], list]] | None:
+    """Ids and character offsets from the fast tokenizer in one batch (None: no offsets here)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        # the Rust tokenizer directly: same ids as tokenizer(texts), without per-row Python wrapping
+        return [(enc.ids, enc.offsets) for enc in backend.encode_batch(texts, add_special_tokens=False)]
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+    return None
 
 
 def _messages(record: dict) -> list[dict]:
@@ -183,12 +213,22 @@ def _tokenize_by_pieces(text: str, spans: list[tuple[int, int]], tokenizer) -> t
 
 
 def _masked(text, spans, ids, offsets, max_length, train_all) -> Tokenized:
-    trained = [train_all or any(s < b and e > a for a, b in spans) for s, e in offsets]
+    trained = [True] * len(offsets) if train_all else _overlaps(offsets, spans)
     truncated = max_length is not None and len(ids) > max_length
     if truncated:
         ids, offsets, trained = ids[:max_length], offsets[:max_length], trained[:max_length]
     labels = [t if flag else IGNORE_INDEX for t, flag in zip(ids, trained, strict=True)]
     return Tokenized(list(ids), labels, _segments(text, offsets, trained, truncated), truncated)
+
+
+def _overlaps(offsets, spans: list[tuple[int, int]]) -> list[bool]:
+    """For each token (start, end): does it overlap a trained span? One sweep (both are sorted)."""
+    flags, j = [], 0
+    for start, end in offsets:
+        while j < len(spans) and spans[j][1] <= start:
+            j += 1
+        flags.append(j < len(spans) and spans[j][0] < end)
+    return flags
 
 
 def _segments(text: str, offsets, trained: list[bool], truncated: bool) -> list[tuple[str, bool]]:
