@@ -361,7 +361,7 @@ def for_method(data: Normalized, method: str, file: str) -> Normalized:
             f"this file is {data.kind.upper()} data ({name}); {method.upper()} needs {need}",
             f"use a file like {EXAMPLES[want]}, or choose the method {_methods_for(data.kind)}",
         )
-        return Normalized(data.format, want, [], [], [*data.problems, problem], data.rows_read)
+        return Normalized(data.format, data.kind, [], [], [*data.problems, problem], data.rows_read)
     warning = Problem(file, None, None, note, "", "warning")
     return Normalized(data.format, want, records, lines, [*data.problems, warning], data.rows_read)
 
