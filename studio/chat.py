@@ -186,7 +186,7 @@ def _prompt_ids(tokenizer, messages: list[dict], system_prompt: str) -> list[int
 
 @dataclass
 class _Route:
-    """Where one side runs: which model object, and its entry in `adapter_names` (None: solo)."""
+    """Where one side runs: a merged DoRA copy, or None for the shared base weights."""
 
     model: object
     name: str  # BASE, a LoRA adapter, or a DoRA adapter
@@ -322,9 +322,7 @@ class ChatEngine:
     def serving(self, adapter: str) -> str:
         """How an adapter is served: 'LoRA', 'DoRA merged' or 'DoRA unmerged (slow)'."""
         route = self._routes[adapter]
-        return (
-            "LoRA" if route.mixed else "DoRA unmerged (slow)" if route.model is self._peft else "DoRA merged"
-        )
+        return "LoRA" if route.mixed else "DoRA unmerged (slow)" if route.model is None else "DoRA merged"
 
     def load(
         self, base_spec: str, progress: Callable[[float, str], None] | None = None, dtype: str = "auto"
@@ -375,7 +373,7 @@ class ChatEngine:
             self._inject(folder, name)
             self._folders[name] = folder
             self._routes[name] = (
-                self._dora_route(name) if config.get("use_dora") else _Route(self._peft, name, True)
+                self._dora_route(name) if config.get("use_dora") else _Route(None, name, True)
             )
             return name
 
@@ -425,7 +423,7 @@ class ChatEngine:
         ]
         weights = [module.get_base_layer().weight for _, module in layers]
         if not _can_afford(sum(w.numel() * w.element_size() for w in weights), self._device):
-            return _Route(self._peft, name, mixed=False)
+            return _Route(None, name, mixed=False)
         with torch.no_grad():
             merged = {
                 key: m.lora_variant[name].merge_safe(m, name, m.get_base_layer().weight.data)
@@ -452,7 +450,7 @@ class ChatEngine:
         with self._lock:
             route = self._routes.pop(name, None)
             self._folders.pop(name, None)
-            if route is not None and route.model is self._peft:
+            if route is not None and route.model is None:
                 self._forget(name)
         _free()
 
@@ -474,7 +472,7 @@ class ChatEngine:
 
     def _route(self, adapter: str | None) -> _Route:
         if adapter is None or adapter == BASE:
-            return _Route(self._peft if self._peft is not None else self._model, BASE, True)
+            return _Route(None, BASE, True)
         if adapter not in self._routes:
             loaded = ", ".join(self._routes) or "none"
             raise ValueError(f"chat: adapter {adapter!r} is not loaded (loaded: {loaded}); add it first")
@@ -487,9 +485,12 @@ class ChatEngine:
         settings: GenSettings,
         stop: threading.Event | None = None,
     ) -> Iterator[Reply]:
-        """Answer `messages` with an adapter (None: the base), yielding the growing `Reply`."""
-        for (reply,) in self._run([(messages, adapter)], settings, stop):
-            yield reply
+        """Answer `messages` with an adapter (None: the base): an iterator of the growing `Reply`.
+
+        Bad input raises ValueError here, before the first token; the iterator then decodes one
+        token per `next()` in the caller's thread, so closing it stops decoding at once.
+        """
+        return (replies[0] for replies in self._decode([(messages, adapter)], settings, stop))
 
     def stream_pair(
         self,
@@ -501,33 +502,31 @@ class ChatEngine:
         stop: threading.Event | None = None,
     ) -> Iterator[tuple[Reply, Reply]]:
         """A and B together: one batched forward per step when both run on the shared weights."""
-        yield from self._run([(messages_a, adapter_a), (messages_b, adapter_b)], settings, stop)
+        return self._decode([(messages_a, adapter_a), (messages_b, adapter_b)], settings, stop)
 
-    def _run(
-        self, sides: list, settings: GenSettings, stop: threading.Event | None
-    ) -> Iterator[tuple[Reply, ...]]:
+    def _decode(self, sides: list, settings: GenSettings, stop: threading.Event | None):
         import torch
 
         settings = (settings or GenSettings()).check()
         with self._lock:
             self._require_loaded()
-            epoch, tokenizer = self._epoch, self._tokenizer
             routes = [self._route(adapter) for _, adapter in sides]
-            rows = [
-                _Row(
-                    _prompt_ids(tokenizer, messages, settings.system_prompt),
-                    torch.Generator().manual_seed(settings.seed),
-                )
-                for messages, _ in sides
+            seed = settings.seed
+            prompts = [
+                _prompt_ids(self._tokenizer, messages, settings.system_prompt) for messages, _ in sides
             ]
+            rows = [_Row(p, torch.Generator().manual_seed(seed), seen=set(p)) for p in prompts]
             limit = self._room(rows, settings.max_new_tokens)
-        for row in rows:
-            row.seen.update(row.prompt)
-        groups: dict[tuple, _Group] = {}
-        for i, route in enumerate(routes):
-            key = (id(route.model), route.mixed or route.name)
-            groups.setdefault(key, _Group(route, [], [])).rows.append(i)
-            groups[key].names.append(route.name)
+            groups: dict[tuple, _Group] = {}
+            for i, route in enumerate(routes):
+                key = (id(route.model), route.mixed or route.name)  # id(None): the shared weights
+                groups.setdefault(key, _Group(route, [], [])).rows.append(i)
+                groups[key].names.append(route.name)
+            context = (self._epoch, self._tokenizer, limit)  # read now: a later load changes them
+            return self._loop(rows, list(groups.values()), settings, stop, context)
+
+    def _loop(self, rows: list[_Row], groups: list[_Group], settings: GenSettings, stop, context: tuple):
+        epoch, tokenizer, limit = context
         start = time.perf_counter()
         while any(row.reply.finish is None for row in rows):
             with self._lock:
@@ -537,7 +536,7 @@ class ChatEngine:
                     finish = "unloaded"
                 else:
                     finish = None
-                    for group in groups.values():
+                    for group in groups:
                         if any(rows[i].reply.finish is None for i in group.rows):
                             self._step(group, rows, settings)
             now = time.perf_counter() - start
@@ -581,6 +580,10 @@ class ChatEngine:
         import torch
 
         route = group.route
+        # the shared weights are looked up per step: removing the last adapter unwraps the PeftModel
+        model = (
+            route.model if route.model is not None else self._peft if self._peft is not None else self._model
+        )
         with torch.inference_mode():
             if group.cache is None:
                 prompts = [rows[i].prompt for i in group.rows]
@@ -598,11 +601,11 @@ class ChatEngine:
                 "attention_mask": group.mask.to(self._device),
                 "position_ids": group.positions.to(self._device),
             }
-            if route.model is self._peft and route.mixed:
+            if model is self._peft and route.mixed:
                 kwargs["adapter_names"] = group.names
-            elif route.model is self._peft:
+            elif model is self._peft:
                 self._peft.set_adapter(route.name)  # unmerged DoRA cannot join a mixed batch
-            out = route.model(
+            out = model(
                 input_ids=ids.to(self._device),
                 past_key_values=group.cache,
                 use_cache=True,

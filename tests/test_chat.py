@@ -6,6 +6,7 @@ import gc
 import json
 import threading
 import weakref
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -37,10 +38,8 @@ def make_adapter(base: Path | str, out: Path, dora: bool = False, seed: int = 1,
 
 
 def last(stream):
-    final = None
-    for final in stream:
-        pass
-    return final
+    """The final step of a stream."""
+    return deque(stream, maxlen=1)[0]
 
 
 def plain_greedy(model, folder: Path | str, messages: list[dict], max_new_tokens: int) -> str:
@@ -86,7 +85,9 @@ def test_stream_yields_growing_text_with_speed(engine):
     steps = list(engine.stream(ASK, None, chat.GenSettings(max_new_tokens=10, seed=3)))
     assert [s.tokens for s in steps] == list(range(1, 11))
     texts = [s.text for s in steps]
-    assert all(b.startswith(a) for a, b in zip(texts, texts[1:])) and len(texts[-1]) > len(texts[0])
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False)) and len(texts[-1]) > len(
+        texts[0]
+    )
     assert [s.finish for s in steps] == [None] * 9 + ["length"]
     assert steps[-1].tokens_per_s > 0 and steps[-1].elapsed >= steps[0].elapsed
     assert str(steps[-1]) == texts[-1]
@@ -208,6 +209,28 @@ def test_unload_ends_open_streams(engine):
     assert next(stream).finish == "unloaded"
 
 
+def test_removing_the_last_adapter_mid_stream_keeps_the_base_answering(engine, runs):
+    expected = last(engine.stream(ASK, None, GREEDY)).text
+    lora = engine.add_adapter(runs / "lora-run")
+    stream = engine.stream(ASK, None, GREEDY)
+    next(stream)
+    engine.remove_adapter(lora)
+    assert engine._peft is None and engine.adapters == {}  # adapter layers taken out again
+    assert last(stream).text == expected
+
+
+def test_conversation_longer_than_the_model_reads_is_refused(engine):
+    long = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 200}]
+    with pytest.raises(ValueError, match=r"reads at most 512; start a new chat"):
+        engine.stream(long, None, GREEDY)
+    almost = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 22}]
+    final = last(engine.stream(almost, None, chat.GenSettings(temperature=0, max_new_tokens=500)))
+    assert (
+        final.finish in ("eos", "length")
+        and len(chat._prompt_ids(engine._tokenizer, almost, "")) + final.tokens <= 512
+    )
+
+
 def test_adapter_names_and_checks(engine, runs, tmp_path):
     assert engine.add_adapter(runs / "lora-run") == "lora-run"
     assert engine.add_adapter(runs / "lora-run" / "adapter") == "lora-run"  # same folder, same name
@@ -292,8 +315,9 @@ def test_default_model_answers_paris_and_pairs_equal_alone(default_model, tmp_pa
         question = [{"role": "user", "content": "List three fruits."}]
         base_alone = last(engine.stream(question, None, settings)).text
         lora_alone = last(engine.stream(ASK, lora, settings)).text
+        assert lora_alone != last(engine.stream(ASK, None, settings)).text  # the adapter matters
         a, b = last(engine.stream_pair(question, ASK, None, lora, settings))
-        assert (a.text, b.text) == (base_alone, lora_alone) and lora_alone != base_alone
+        assert (a.text, b.text) == (base_alone, lora_alone)
     finally:
         engine.unload()
 
