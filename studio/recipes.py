@@ -24,6 +24,7 @@ import yaml
 METHODS = ("sft", "dpo", "simpo", "orpo", "kto")
 DEFAULT_BETA = {"sft": 0.1, "dpo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 
 
@@ -258,6 +259,8 @@ def _coerce(value, hint, where: str):
             return value
         if option is float and isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if option is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
         if option is str and isinstance(value, str):
             return value
         if typing.get_origin(option) is list:

@@ -233,10 +233,10 @@ class RunCallback(TrainerCallback):
             if self.is_main:
                 update_status(self.run_dir, summary={k: v for k, v in logs.items() if _number(v)})
             return
-        loss = logs.get("loss")
-        if loss is not None and not (_number(loss) and math.isfinite(loss)):
+        bad = [k for k in ("loss", "grad_norm", "eval_loss") if k in logs and not _finite(logs[k])]
+        if bad:
             self.error = (
-                f"the loss became {loss} at step {state.global_step}: training diverged. Lower "
+                f"the {bad[0]} became {logs[bad[0]]} at step {state.global_step}: training diverged. Lower "
                 f"training.learning_rate (now {args.learning_rate:g}), keep training.max_grad_norm at 1.0, "
                 "or turn training.bf16 off"
             )
@@ -269,6 +269,10 @@ class RunCallback(TrainerCallback):
 
 def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return _number(value) and math.isfinite(value)
 
 
 def _fmt(value) -> str:

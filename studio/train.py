@@ -264,6 +264,7 @@ def common_args(recipe: Recipe, plan: Plan, run_dir: Path, has_eval: bool) -> di
         optim="adamw_torch",
         neftune_noise_alpha=t.neftune_alpha,
         report_to="none",
+        logging_nan_inf_filter=False,  # a diverged loss must show, so the run can fail on it
         disable_tqdm=True,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,

@@ -1,0 +1,329 @@
+"""`python -m studio train` for real: every method on the tiny model, the run folder it writes,
+stop / kill / resume, divergence, and the token ids the SFT trainer sees.
+
+Each method test runs the CLI in a subprocess (as the UI does) for 2 steps and proves the trainable
+weights moved. Slow tests (real default model, two processes) are marked `slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = [
+    "--set",
+    "max_steps=2",
+    "--set",
+    "data.max_length=64",
+    "--set",
+    "probes.prompts=[]",
+    "--set",
+    "data.eval_split=0",
+]
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "capital", "france", "paris", "sea"]
+
+
+def _sentence(i: int, n: int) -> str:
+    return " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(n))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Small SFT (Alpaca), DPO and KTO files, written the way users bring them."""
+    folder = tmp_path_factory.mktemp("data")
+    with open(folder / "sft.jsonl", "w") as fh:
+        for i in range(24):
+            fh.write(json.dumps({"instruction": _sentence(i, 6), "output": _sentence(i + 1, 8)}) + "\n")
+    with open(folder / "dpo.jsonl", "w") as fh:
+        for i in range(16):
+            fh.write(
+                json.dumps(
+                    {
+                        "prompt": _sentence(i, 6),
+                        "chosen": "Paris is the capital.",
+                        "rejected": _sentence(i + 2, 5),
+                    }
+                )
+                + "\n"
+            )
+    with open(folder / "kto.jsonl", "w") as fh:
+        for i in range(16):
+            fh.write(
+                json.dumps(
+                    {"prompt": _sentence(i, 6), "completion": _sentence(i + 3, 5), "label": i % 2 == 0}
+                )
+                + "\n"
+            )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model_64(tmp_path_factory) -> Path:
+    """bitsandbytes' CPU NF4 kernel needs layers at least 64 wide (one quantization block)."""
+    from tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny64") / "tiny-llama-64", hidden=64)
+
+
+def train_cli(recipe: str, model, dataset, run_dir: Path, *extra: str, wait: bool = True, timeout: int = 300):
+    argv = [
+        sys.executable,
+        "-m",
+        "studio",
+        "train",
+        f"recipes/{recipe}",
+        "--set",
+        f"model={model}",
+        "--set",
+        f"dataset={dataset}",
+        "--run-dir",
+        str(run_dir),
+        *QUICK,
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def assert_completed(proc, run_dir: Path) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    st = status(run_dir)
+    assert st["state"] == "completed" and st["exit_code"] == 0 and st["error"] is None
+    losses = [row["loss"] for row in metrics(run_dir) if "loss" in row]
+    assert len(losses) == 2 and all(isinstance(v, float) and v == v for v in losses)
+    assert (run_dir / "recipe.yaml").is_file() and (run_dir / "train.log").stat().st_size > 0
+    assert (run_dir / "checkpoints" / "checkpoint-2" / "optimizer.pt").is_file()
+    adapter = run_dir / "adapter"
+    assert (adapter / "tokenizer.json").is_file() and (adapter / "chat_template.jinja").is_file()
+    assert not (run_dir / ".adapter.partial").exists()
+
+
+def assert_lora_learned(run_dir: Path, dora: bool = False) -> None:
+    from safetensors.torch import load_file
+
+    adapter = run_dir / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["use_dora"] is dora
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    b_mats = {k: v for k, v in tensors.items() if "lora_B" in k}
+    assert b_mats, list(tensors)
+    # LoRA B starts at zero: any non-zero B means the adapter trained
+    assert sum(int(v.float().abs().sum() > 0) for v in b_mats.values()) == len(b_mats)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "data"),
+    [
+        ("lora_sft.yaml", "sft"),
+        ("dora_sft.yaml", "sft"),
+        ("neftune_sft.yaml", "sft"),
+        ("dpo.yaml", "dpo"),
+        ("simpo.yaml", "dpo"),
+        ("orpo.yaml", "dpo"),
+        ("kto.yaml", "kto"),
+    ],
+)
+def test_each_lora_method_trains_through_the_cli(recipe, data, tiny_model, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train_cli(recipe, tiny_model, data_dir / f"{data}.jsonl", run_dir)
+    assert_completed(proc, run_dir)
+    assert_lora_learned(run_dir, dora=recipe.startswith("dora"))
+    if data != "sft":
+        assert any("rewards/chosen" in row for row in metrics(run_dir))
+    assert any("tokens_per_second" in row for row in metrics(run_dir))
+
+
+def test_qlora_trains_a_4bit_base(tiny_model_64, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train_cli("qlora_sft.yaml", tiny_model_64, data_dir / "sft.jsonl", run_dir)
+    assert_completed(proc, run_dir)
+    assert_lora_learned(run_dir)
+    assert "load_in_4bit: true" in (run_dir / "recipe.yaml").read_text()
+
+
+def test_full_fine_tune_changes_the_weights(tiny_model, data_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    proc = train_cli(
+        "full_sft.yaml", tiny_model, data_dir / "sft.jsonl", run_dir, "--set", "learning_rate=1e-3"
+    )
+    assert_completed(proc, run_dir)
+    base = load_file(str(Path(tiny_model) / "model.safetensors"))
+    tuned = load_file(str(run_dir / "adapter" / "model.safetensors"))
+    changed = [k for k, v in tuned.items() if not torch.equal(v, base[k].to(v.dtype))]
+    assert len(changed) >= len(tuned) // 2, changed
+
+
+def test_kto_unpairs_preference_pairs(tiny_model, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train_cli("kto.yaml", tiny_model, data_dir / "dpo.jsonl", run_dir)
+    assert_completed(proc, run_dir)
+    assert_lora_learned(run_dir)
+
+
+def test_probes_and_terminal_log(tiny_model, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train_cli(
+        "lora_sft.yaml",
+        tiny_model,
+        data_dir / "sft.jsonl",
+        run_dir,
+        "--set",
+        'probes.prompts=["What is the capital of France?", "Name a sea."]',
+        "--set",
+        "probes.max_new_tokens=4",
+        "--set",
+        "data.eval_split=0.2",
+        "--set",
+        "eval_steps=1",
+    )
+    assert_completed(proc, run_dir)
+    probes = json.loads((run_dir / "probes.json").read_text())
+    assert probes["prompts"] == ["What is the capital of France?", "Name a sea."]
+    assert len(probes["before"]) == len(probes["after"]) == 2
+    assert any("eval_loss" in row for row in metrics(run_dir))
+    # run from a terminal (stdout is not train.log): the log is teed into the run folder
+    assert "[studio] completed" in (run_dir / "train.log").read_text()
+
+
+def test_nan_loss_fails_the_run_with_a_fix(tiny_model, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train_cli(
+        "lora_sft.yaml",
+        tiny_model,
+        data_dir / "sft.jsonl",
+        run_dir,
+        "--set",
+        "max_steps=4",
+        "--set",
+        "learning_rate=1e30",
+        "--set",
+        "warmup_ratio=0",
+    )
+    assert proc.returncode == 1
+    st = status(run_dir)
+    assert st["state"] == "failed" and "diverged" in st["error"] and "learning_rate" in st["error"]
+    assert not (run_dir / "adapter").exists()
+
+
+def test_preflight_errors_refuse_before_loading(tiny_model, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()  # the UI creates the folder and queues the run first
+    (run_dir / "status.json").write_text(json.dumps({"state": "queued"}))
+    proc = train_cli(
+        "dpo.yaml",
+        tiny_model,
+        data_dir / "sft.jsonl",
+        run_dir,
+        "--set",
+        "quantization.load_in_4bit=true",
+        "--set",
+        "quantization.load_in_8bit=true",
+    )
+    assert proc.returncode == 2
+    st = status(run_dir)
+    assert st["state"] == "failed"
+    assert "load_in_8bit" in st["error"] and "does not fit DPO" in st["error"]
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_finished_run_is_not_overwritten(tiny_model, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    assert_completed(train_cli("lora_sft.yaml", tiny_model, data_dir / "sft.jsonl", run_dir), run_dir)
+    again = train_cli("lora_sft.yaml", tiny_model, data_dir / "sft.jsonl", run_dir)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    assert status(run_dir)["state"] == "failed"
+
+
+def test_a_token_in_the_recipe_is_refused(tiny_model, data_dir, tmp_path):
+    proc = train_cli(
+        "lora_sft.yaml",
+        tiny_model,
+        data_dir / "sft.jsonl",
+        tmp_path / "run",
+        "--set",
+        "dataset=hf_abcdefghijklmnopqrstuvwxyz0123",
+    )
+    assert proc.returncode == 2 and "HF_TOKEN" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def _wait_for_step(proc, run_dir: Path, step: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(row.get("step", 0) >= step for row in metrics(run_dir)):
+            return
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} not reached")
+
+
+def _loss_steps(run_dir: Path) -> list[int]:
+    return [row["step"] for row in metrics(run_dir) if "loss" in row]
+
+
+LONG = ["--set", "max_steps=30", "--set", "save_steps=5", "--set", "batch_size=2"]
+
+
+def test_sigterm_checkpoints_and_resume_finishes_like_an_uninterrupted_run(tiny_model, data_dir, tmp_path):
+    straight = tmp_path / "straight"
+    assert train_cli("lora_sft.yaml", tiny_model, data_dir / "sft.jsonl", straight, *LONG).returncode == 0
+    run_dir = tmp_path / "stopped"
+    proc = train_cli("lora_sft.yaml", tiny_model, data_dir / "sft.jsonl", run_dir, *LONG, wait=False)
+    _wait_for_step(proc, run_dir, 7)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    st = status(run_dir)
+    assert st["state"] == "stopped" and st["step"] < 30
+    assert (run_dir / "checkpoints" / f"checkpoint-{st['step']}" / "optimizer.pt").is_file()
+    assert not (run_dir / "adapter").exists()
+
+    resumed = train_cli("lora_sft.yaml", tiny_model, data_dir / "sft.jsonl", run_dir, *LONG, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert status(run_dir)["state"] == "completed" and status(run_dir)["step"] == 30
+    assert _loss_steps(run_dir) == list(range(1, 31)) == _loss_steps(straight)
+    final = [row["loss"] for row in metrics(run_dir) if "loss" in row][-1]
+    assert final == pytest.approx([row["loss"] for row in metrics(straight) if "loss" in row][-1], rel=1e-3)
+
+
+def test_kill_9_resume_loses_at_most_one_checkpoint_interval(tiny_model, data_dir, tmp_path):
+    run_dir = tmp_path / "killed"
+    proc = train_cli("lora_sft.yaml", tiny_model, data_dir / "sft.jsonl", run_dir, *LONG, wait=False)
+    _wait_for_step(proc, run_dir, 13)
+    proc.kill()
+    proc.wait()
+    reached = max(_loss_steps(run_dir))
+    partial = run_dir / "checkpoints" / "checkpoint-999"
+    partial.mkdir()  # what a kill in the middle of a save leaves: no trainer_state.json
+    (partial / "adapter_model.safetensors").write_bytes(b"half")
+
+    resumed = train_cli("lora_sft.yaml", tiny_model, data_dir / "sft.jsonl", run_dir, *LONG, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoint-999" in resumed.stdout and not partial.exists()
+    steps = _loss_steps(run_dir)
+    assert steps == list(range(1, 31))
+    restarted_from = int(resumed.stdout.split("resuming from checkpoint-")[1].split()[0].rstrip(","))
+    assert reached - restarted_from <= 5
