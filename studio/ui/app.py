@@ -7,6 +7,7 @@ import gradio as gr
 from studio import runs, workspace
 from studio.ui.chat_tab import build_chat_tab
 from studio.ui.data_tab import build_data_tab
+from studio.ui.hub_tab import build_hub_tab
 from studio.ui.runs_tab import build_runs_tab
 from studio.ui.train_tab import build_train_tab
 from studio.ui.votes_tab import build_votes_tab
@@ -33,6 +34,8 @@ def build_app() -> gr.Blocks:
                 build_chat_tab()
             with gr.Tab("Votes", id="votes"):
                 build_votes_tab()
+            with gr.Tab("Hub", id="hub"):
+                build_hub_tab()
     return demo
 
 
