@@ -59,7 +59,8 @@ def progress_html(info: runs.RunInfo) -> str:
         f"<pre class='studio-error'>{_escape(error)}</pre>" if error and info.state == "failed" else ""
     )
     return (
-        f"<div><b>{info.run_id}</b> — <span data-state='{info.state}'>{info.state}</span> · {detail}</div>"
+        f"<div><b>{info.run_id}</b> — <span class='run-state' data-state='{info.state}' data-step='{step}'>"
+        f"{info.state}</span> · {detail}</div>"
         f"<progress max='1' value='{fraction:.3f}' style='width:100%'></progress>{error_html}"
     )
 
@@ -176,7 +177,7 @@ def build_runs_tab() -> None:
     with gr.Row():
         confirm = gr.Checkbox(False, label="yes, delete this run", scale=3)
         delete_btn = gr.Button("Delete run", scale=1)
-    progress = gr.HTML()
+    progress = gr.HTML(elem_id="run-progress")
     with gr.Row():
         loss_plot = gr.LinePlot(
             x="step", y="value", color="series", label="Loss (train and eval)", height=260

@@ -191,6 +191,7 @@ def build_train_tab() -> None:
         )
         model = gr.Textbox(
             "default",
+            elem_id="train-model",
             label="Model",
             scale=2,
             info="'default' (embedded SmolLM2-135M-Instruct), a local folder or a Hub id",
