@@ -219,9 +219,35 @@ def fields_help() -> str:
     return "\n".join(lines)
 
 
+# names people bring from PEFT / TRL / other tools, mapped to this recipe's
+_ALIASES = {
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "target_modules": "targets",
+    "lr": "learning_rate",
+    "num_train_epochs": "epochs",
+    "gradient_accumulation_steps": "grad_accum",
+    "per_device_train_batch_size": "batch_size",
+    "lr_scheduler_type": "scheduler",
+    "warmup": "warmup_ratio",
+    "max_seq_length": "max_length",
+    "neftune_noise_alpha": "neftune_alpha",
+    "template": "chat_template",
+}
+
+
 def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(valid)})"
+    """Always name the closest valid key (a known alias first, else the most similar spelling)."""
+    prefix, _, leaf = key.rpartition(".")
+    alias = _ALIASES.get(leaf)
+    for candidate in [f"{prefix}.{alias}" if prefix else alias] if alias else []:
+        if candidate in valid:
+            return f" (did you mean {candidate!r}?)"
+    matches = [v for v in valid if alias and v.rsplit(".", 1)[-1] == alias]
+    close = matches or difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _line_of(lines: dict[str, int | str], key: str) -> str:
@@ -376,9 +402,10 @@ def load(path: str | Path, sets: list[str] | None = None) -> Recipe:
     if not isinstance(data, dict):
         raise ValueError(f"recipe {path}: the file must be a mapping of fields (see recipes/lora_sft.yaml)")
     lines: dict[str, int | str] = dict(_key_lines(text))
+    merged = apply_sets(data, sets or [])
     for item in sets or []:
         lines[shortcut(item.split("=", 1)[0].strip())] = f"--set {item}"
-    return from_dict(apply_sets(data, sets or []), source=str(path), lines=lines)
+    return from_dict(merged, source=str(path), lines=lines)
 
 
 def to_dict(recipe: Recipe) -> dict:

@@ -327,3 +327,55 @@ def test_kill_9_resume_loses_at_most_one_checkpoint_interval(tiny_model, data_di
     assert steps == list(range(1, 31))
     restarted_from = int(resumed.stdout.split("resuming from checkpoint-")[1].split()[0].rstrip(","))
     assert reached - restarted_from <= 5
+
+
+def test_the_sft_trainer_sees_exactly_tokenize_sft_output(tiny_model, data_dir, tmp_path):
+    """What you preview is what you train: every batch equals the data layer's tokenize_sft."""
+    from studio import recipes, train
+    from studio.data import check, templates
+
+    recipe = recipes.load(
+        ROOT / "recipes/lora_sft.yaml",
+        [
+            f"model={tiny_model}",
+            f"dataset={data_dir / 'sft.jsonl'}",
+            "data.max_length=128",
+            "data.eval_split=0",
+            "batch_size=3",
+        ],
+    )
+    trainer, tokenizer, _ = train.prepare(recipe, tmp_path / "run")
+    seen = []
+    for batch in trainer.get_train_dataloader():
+        for ids, labels, mask in zip(
+            batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True
+        ):
+            n = int(mask.sum())
+            assert (ids[n:] == tokenizer.pad_token_id).all() and (labels[n:] == -100).all()
+            seen.append((ids[:n].tolist(), labels[:n].tolist()))
+    records = check.load(data_dir / "sft.jsonl", method="sft").records
+    expected = []
+    for rec in records:
+        tok = templates.tokenize_sft(rec, tokenizer, max_length=128, template=None, train_on="assistant")
+        expected.append((tok.input_ids, tok.labels))
+    assert sorted(seen) == sorted(expected)
+    eos = tokenizer.eos_token_id
+    assert tokenizer.pad_token_id != eos
+    assert all(eos in labels for _, labels in seen), (
+        "the end-of-turn token must be trained so the model stops"
+    )
+
+
+def test_pad_token_is_never_eos(tiny_model):
+    from transformers import AutoTokenizer
+
+    from studio import train
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.pad_token = tok.eos_token
+    assert train.pick_pad_token(tok) == ("<|endoftext|>", False)
+    tok.pad_token = None
+    assert train.pick_pad_token(tok) == ("<|endoftext|>", False)
+    tok.chat_template = "{{ '<|endoftext|>' }}" + tok.chat_template  # now in use by the template
+    tok.pad_token = tok.eos_token
+    assert train.pick_pad_token(tok) == ("<|pad|>", True)
