@@ -16,7 +16,9 @@ Trade-offs chosen here (see the tests):
   is merged into a private copy of only the weights it touches (everything else is shared with the
   base). When memory is short, it is served unmerged instead: correct, but slow.
 
-Knows nothing about the UI, training or the preference store. `Reply` is what streams yield.
+Streams yield `Reply` objects (text so far, tokens, elapsed seconds, tokens_per_s, finish);
+`stream_pair` yields one per side. A DoRA copy or an unmerged DoRA adapter runs as its own
+forward pass next to the shared batch. Knows nothing about the UI, training or the preference store.
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ def _checkpoints(run: Path) -> list[Path]:
 def list_adapters(runs_root: Path | None = None) -> list[Path]:
     """Every adapter the chat can load: each run's final adapter, then its checkpoints by step."""
     root = Path(runs_root) if runs_root else workspace.runs_dir()
+    if not root.is_dir():
+        return []
     found: list[Path] = []
     for run in sorted(p for p in root.iterdir() if p.is_dir()):
         if (run / "adapter" / "adapter_config.json").is_file():
@@ -371,10 +375,12 @@ class ChatEngine:
             while name in self._folders or name == BASE:
                 name, suffix = f"{label}-{suffix}", suffix + 1
             self._inject(folder, name)
-            self._folders[name] = folder
-            self._routes[name] = (
-                self._dora_route(name) if config.get("use_dora") else _Route(None, name, True)
-            )
+            try:
+                route = self._dora_route(name) if config.get("use_dora") else _Route(None, name, True)
+            except BaseException:
+                self._forget(name)
+                raise
+            self._folders[name], self._routes[name] = folder, route
             return name
 
     def _check_shapes(self, folder: Path) -> None:
@@ -522,11 +528,11 @@ class ChatEngine:
                 key = (id(route.model), route.mixed or route.name)  # id(None): the shared weights
                 groups.setdefault(key, _Group(route, [], [])).rows.append(i)
                 groups[key].names.append(route.name)
-            context = (self._epoch, self._tokenizer, limit)  # read now: a later load changes them
+            context = (self._epoch, self._tokenizer, frozenset(self._eos), limit)  # a later load changes them
             return self._loop(rows, list(groups.values()), settings, stop, context)
 
     def _loop(self, rows: list[_Row], groups: list[_Group], settings: GenSettings, stop, context: tuple):
-        epoch, tokenizer, limit = context
+        epoch, tokenizer, eos, limit = context
         start = time.perf_counter()
         while any(row.reply.finish is None for row in rows):
             with self._lock:
@@ -541,7 +547,7 @@ class ChatEngine:
                             self._step(group, rows, settings)
             now = time.perf_counter() - start
             for row in rows:
-                self._advance(row, tokenizer, finish, limit, now)
+                _advance(row, tokenizer, eos, finish, limit, now)
             yield tuple(Reply(r.reply.text, r.reply.tokens, r.reply.elapsed, r.reply.finish) for r in rows)
 
     def _room(self, rows: list[_Row], max_new_tokens: int) -> int:
@@ -554,26 +560,6 @@ class ChatEngine:
                 "start a new chat or shorten the system prompt"
             )
         return min(max_new_tokens, window - longest)
-
-    def _advance(self, row: _Row, tokenizer, finish: str | None, limit: int, now: float) -> None:
-        reply = row.reply
-        if reply.finish is not None:
-            return
-        if finish is None and reply.tokens < len(row.tokens):  # _step appended a token
-            token = row.tokens[-1]
-            if token in self._eos:
-                row.tokens.pop()
-                finish = "eos"
-            else:
-                reply.tokens = len(row.tokens)
-                text = tokenizer.decode(row.tokens, skip_special_tokens=True)
-                if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                    reply.text = text
-                if reply.tokens >= limit:
-                    finish = "length"
-        if finish is not None:
-            reply.text = tokenizer.decode(row.tokens, skip_special_tokens=True)
-        reply.elapsed, reply.finish = now, finish
 
     def _step(self, group: _Group, rows: list[_Row], settings: GenSettings) -> None:
         """One forward pass for a group (the prompt first, then one token per row) and its picks."""
@@ -589,7 +575,7 @@ class ChatEngine:
                 prompts = [rows[i].prompt for i in group.rows]
                 width = max(len(p) for p in prompts)
                 pad = self._tokenizer.pad_token_id
-                pad = next(iter(self._eos)) if pad is None else pad
+                pad = min(self._eos, default=0) if pad is None else pad  # masked out: any id will do
                 ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
                 group.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
                 group.positions = (group.mask.cumsum(-1) - 1).clamp(min=0)
@@ -625,6 +611,28 @@ class ChatEngine:
                     row.seen.add(token)
                 picks.append(ids[j, -1].item() if token is None else token)
             group.next_ids = torch.tensor(picks).unsqueeze(1)
+
+
+def _advance(row: _Row, tokenizer, eos: frozenset, finish: str | None, limit: int, now: float) -> None:
+    """Take in the token `_step` just picked for a row: EOS, length limit, or more text."""
+    reply = row.reply
+    if reply.finish is not None:
+        return
+    if finish is None and reply.tokens < len(row.tokens):  # _step appended a token
+        token = row.tokens[-1]
+        if token in eos:
+            row.tokens.pop()
+            finish = "eos"
+        else:
+            reply.tokens = len(row.tokens)
+            text = tokenizer.decode(row.tokens, skip_special_tokens=True)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                reply.text = text
+            if reply.tokens >= limit:
+                finish = "length"
+    if finish is not None:
+        reply.text = tokenizer.decode(row.tokens, skip_special_tokens=True)
+    reply.elapsed, reply.finish = now, finish
 
 
 def _free() -> None:
