@@ -63,7 +63,9 @@ def series_frame(rows: list[dict], keys: list[str], x: str = "step") -> pd.DataF
         for key in keys
         if x in row and isinstance(row.get(key), int | float)
     ]
-    return pd.DataFrame(data, columns=[x, "value", "series"])
+    # Explicit dtypes: an empty first frame must not make the plot's axes categorical.
+    frame = pd.DataFrame(data, columns=[x, "value", "series"])
+    return frame.astype({x: "float64", "value": "float64", "series": "object"})
 
 
 def format_duration(seconds: float | None) -> str:
