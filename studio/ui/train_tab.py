@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 import gradio as gr
 
-from studio import memory, models, recipes, runs
+from studio import cluster, memory, models, recipes, runs, workspace
 from studio.data import store
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
@@ -179,6 +180,34 @@ def on_launch(recipe_path, model, dataset, devices, *values):
     return f"Run **{run_id}** is {state}. Follow it in the Runs tab."
 
 
+def on_cluster(recipe_path, model, dataset, nodes, gpus, strategy, job_name, *values):
+    """Write the multi-node accelerate config, SLURM script and torchrun command for this recipe."""
+    try:
+        sets = build_sets(recipe_path, model, dataset, list(values))
+        recipes.load(RECIPES_DIR.parent / recipe_path, sets)  # a bad recipe fails here, not on the cluster
+        job = cluster.ClusterJob(
+            recipe=recipe_path,
+            job_name=job_name.strip(),
+            nodes=int(nodes),
+            gpus_per_node=int(gpus),
+            strategy=strategy,
+            sets=tuple(sets),
+        )
+        out = workspace.exports_dir() / f"cluster-{workspace.check_name(job.job_name, 'job name')}"
+        files = cluster.write_bundle(out, job)
+        torchrun = (
+            cluster.torchrun_command(job)
+            if strategy == "ddp"
+            else "(torchrun: ddp only; use the SLURM script)"
+        )
+    except ValueError as exc:
+        gr.Warning(str(exc))
+        return f"**Not exported.** {exc}", "", "", "", None
+    zip_path = shutil.make_archive(str(out), "zip", out)
+    note = f"Wrote {len(files)} files to `{out}`: " + ", ".join(f"`{f.name}`" for f in files)
+    return note, cluster.accelerate_config(job), cluster.slurm_script(job), torchrun, zip_path
+
+
 def build_train_tab() -> None:
     datasets = [e.name for e in store.list_saved()] + store.list_samples()
     initial = on_recipe("recipes/qlora_sft.yaml")
@@ -221,6 +250,23 @@ def build_train_tab() -> None:
     with gr.Row():
         check_btn = gr.Button("Check recipe")
         launch_btn = gr.Button("Launch run", variant="primary")
+    with gr.Accordion("Export for a cluster (multi-node accelerate, SLURM, torchrun)", open=False):
+        with gr.Row():
+            nodes = gr.Number(2, precision=0, minimum=1, label="Nodes")
+            gpus = gr.Number(8, precision=0, minimum=1, label="GPUs per node")
+            strategy = gr.Dropdown(
+                list(cluster.STRATEGIES),
+                value="ddp",
+                label="Strategy",
+                info="ddp: model fits one GPU · fsdp: shard it · zero3: DeepSpeed ZeRO-3",
+            )
+            job_name = gr.Textbox("studio-train", label="Job name")
+        cluster_btn = gr.Button("Export for a cluster")
+        cluster_note = gr.Markdown()
+        accel_cfg = gr.Code(label="accelerate_config.yaml", language="yaml")
+        slurm = gr.Code(label="SLURM batch script", language="shell")
+        torchrun = gr.Code(label="torchrun command", language="shell")
+        bundle = gr.File(label="All files (.zip)", interactive=False)
     problems = gr.Markdown()
     mem = gr.Markdown()
     command = gr.Code(label="Command (copy to run it from a terminal)", language="shell", lines=2)
@@ -236,3 +282,8 @@ def build_train_tab() -> None:
     )
     check_btn.click(on_check, top + widgets, [problems, mem, command])
     launch_btn.click(on_launch, top + widgets, [launched])
+    cluster_btn.click(
+        on_cluster,
+        [recipe, model, dataset, nodes, gpus, strategy, job_name, *widgets],
+        [cluster_note, accel_cfg, slurm, torchrun, bundle],
+    )
