@@ -46,7 +46,7 @@ class Report:
 
     def summary(self) -> str:
         name = Path(self.path).name
-        fmt = formats.FORMAT_NAMES.get(self.format, "unknown format")
+        fmt = formats.FORMAT_NAMES.get(self.format, "unknown")
         kind = {"sft": "SFT", "preference": "preference", "kto": "KTO"}.get(self.kind, "unknown")
         text = (
             f"{name}: {fmt} format, {kind} data; {self.rows_read} rows read, {self.rows} usable, "

@@ -105,7 +105,7 @@ def _check_file(path: Path, max_bytes: int) -> str:
         )
     with path.open("rb") as fh:
         head = fh.read(8192)
-    if not head.removeprefix(b"\xef\xbb\xbf").strip():
+    if not head.removeprefix(b"\xef\xbb\xbf").strip() and _blank(path):
         raise DataFileError(f"{path.name} is empty — it needs at least one example")
     if suffix == ".parquet":
         if not head.startswith(b"PAR1"):
@@ -113,14 +113,25 @@ def _check_file(path: Path, max_bytes: int) -> str:
                 f"{path.name} is not a Parquet file — save it with pandas/pyarrow `to_parquet`"
             )
         return suffix
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataFileError(f"{path.name} is UTF-16 text, not UTF-8 at line 1 — save the file as UTF-8")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
+        width = "32" if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")) else "16"
+        raise DataFileError(f"{path.name} is UTF-{width} text, not UTF-8 at line 1 — save the file as UTF-8")
     if b"\x00" in head:
         raise DataFileError(
             f"{path.name} is a binary file, not {suffix[1:].upper()} text — export the data as "
             "JSON Lines, JSON, CSV or Parquet"
         )
     return suffix
+
+
+def _blank(path: Path) -> bool:
+    """Only whitespace (and a BOM) in the whole file, read in chunks (blank lines may lead the data)."""
+    with path.open("rb") as fh:
+        fh.read(3)
+        while chunk := fh.read(1 << 20):
+            if chunk.strip():
+                return False
+    return True
 
 
 def _starts_with(path: Path, char: bytes) -> bool:
@@ -150,6 +161,9 @@ def _jsonl_rows(path: Path, problems: list[Problem]) -> Iterator[Row]:
             continue
         try:
             value = json.loads(text)
+        except RecursionError:
+            problems.append(_too_deep(path, number))
+            continue
         except json.JSONDecodeError as exc:
             if not seen_object and text in ("{", "["):  # pretty-printed JSON saved as .jsonl
                 yield from _json_rows(path, problems)
@@ -167,6 +181,16 @@ def _json_problem(path: Path, number: int, exc: json.JSONDecodeError) -> Problem
         None,
         f"malformed JSON at column {exc.colno}: {exc.msg}",
         "each line must be one complete JSON object (check quotes, commas and brackets)",
+    )
+
+
+def _too_deep(path: Path, number: int) -> Problem:
+    return Problem(
+        path.name,
+        number,
+        None,
+        "is nested too deeply to read (thousands of brackets inside each other)",
+        "an example is an object of texts: flatten the nested lists",
     )
 
 
@@ -207,6 +231,10 @@ def _json_values(path: Path, text: str) -> Iterator[tuple[object, int]]:
             return
         try:
             value, end = decoder.raw_decode(text, start)
+        except RecursionError:
+            raise DataFileError(
+                f"{path.name} line {line}: JSON nested too deeply to read — flatten the nested lists"
+            ) from None
         except json.JSONDecodeError as exc:
             raise DataFileError(
                 f"{path.name}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg} — "
