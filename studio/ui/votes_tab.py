@@ -67,10 +67,10 @@ def on_export(kind: str):
     path = workspace.exports_dir() / ("votes-dpo.jsonl" if kind == "DPO" else "votes-kto.jsonl")
     records = prefs.export_dpo(path) if kind == "DPO" else prefs.export_kto(path)
     if not records:
-        gr.Warning("No usable votes to export yet.")
-        return None
+        gr.Warning("No usable votes to export yet: vote left or right, or write a better answer.")
+        return None, "**Nothing exported.** Ties and 'both bad' without an edit make no pairs."
     gr.Info(f"Exported {len(records)} records")
-    return str(path)
+    return str(path), f"Exported **{len(records)} {kind} records** to `{path}`"
 
 
 def on_save(name: str, kind: str):
@@ -79,18 +79,21 @@ def on_save(name: str, kind: str):
     except ValueError as exc:
         gr.Warning(str(exc))
         return f"**Not saved.** {exc}"
+    methods = "DPO, SimPO or ORPO" if entry.kind == "preference" else "KTO"
     return (
-        f"Saved **{entry.name}** ({entry.rows} {entry.kind} rows). In the Train tab pick it as the "
-        f"dataset and a {'DPO, SimPO or ORPO' if entry.kind == 'preference' else 'KTO'} recipe."
+        f"Saved **{entry.name}** ({entry.rows} {entry.kind} rows). In the Train tab press "
+        f"'Refresh dataset list', pick it as the dataset and a {methods} recipe."
     )
 
 
 def build_votes_tab() -> None:
-    report = gr.Markdown(report_markdown())
-    table = gr.Dataframe(votes_frame(), label="Votes (newest first)", interactive=False, wrap=True)
+    report = gr.Markdown(report_markdown, elem_id="votes-report")  # callables: fresh on page load
+    table = gr.Dataframe(
+        votes_frame, label="Votes (newest first)", interactive=False, wrap=True, elem_id="votes-table"
+    )
     with gr.Row():
         refresh = gr.Button("Refresh")
-        vote_id = gr.Number(None, precision=0, label="Vote id to delete")
+        vote_id = gr.Number(None, precision=0, label="Vote id to delete", elem_id="votes-delete-id")
         delete = gr.Button("Delete vote", variant="stop")
     with gr.Row():
         kind = gr.Radio(
@@ -101,11 +104,12 @@ def build_votes_tab() -> None:
         )
         export = gr.Button("Export JSONL")
         download = gr.File(label="Download", interactive=False)
+    exported = gr.Markdown(elem_id="votes-exported")
     with gr.Row():
-        name = gr.Textbox(label="Save as dataset", placeholder="my-votes")
+        name = gr.Textbox(label="Save as dataset", placeholder="my-votes", elem_id="votes-name")
         save = gr.Button("Save as dataset", variant="primary")
-    saved = gr.Markdown()
+    saved = gr.Markdown(elem_id="votes-saved")
     refresh.click(on_refresh, None, [table, report])
     delete.click(on_delete, [vote_id], [table, report])
-    export.click(on_export, [kind], [download])
+    export.click(on_export, [kind], [download, exported])
     save.click(on_save, [name, kind], [saved])
