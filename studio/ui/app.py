@@ -15,7 +15,7 @@ from studio.ui.votes_tab import build_votes_tab
 MAX_UPLOAD = "200mb"
 
 CSS = """
-.studio-masked { opacity: 0.45; }
+#data-preview .text.unlabeled { opacity: 0.5; }  /* masked tokens: shown, dimmed, no loss */
 footer { display: none !important; }
 """
 

@@ -191,6 +191,7 @@ def build_data_tab() -> None:
                 index = gr.Number(0, precision=0, minimum=0, label="Record (0 = first)", scale=2)
                 next_btn = gr.Button("Next ▶", size="sm", scale=1)
             preview = gr.HighlightedText(
+                elem_id="data-preview",
                 label="As trained (highlighted tokens carry the loss)",
                 color_map=COLORS,
                 show_legend=True,
