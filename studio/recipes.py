@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -393,6 +394,9 @@ def load(path: str | Path, sets: list[str] | None = None) -> Recipe:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValueError(f"recipe {path} cannot be read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes().count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"recipe {path} line {line}: not UTF-8 text — save the file as UTF-8") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -490,6 +494,35 @@ def config_problems(recipe: Recipe) -> list[Problem]:
         )
     if t.neftune_alpha is not None and recipe.method != "sft":
         out.append(Problem("training.neftune_alpha", "NEFTune is meant for SFT", "leave it empty", "warning"))
+    return out + _range_problems(recipe)
+
+
+# (field, lowest, highest, lowest allowed itself?, fix): numbers the trainer would accept but misuse
+_RANGES = (
+    ("training.learning_rate", 0.0, 1.0, False, "use e.g. 2e-4 for LoRA or 1e-5 for a full fine-tune"),
+    ("training.warmup_ratio", 0.0, float("inf"), True, "use a fraction such as 0.05, or a step count"),
+    ("training.weight_decay", 0.0, 1.0, True, "use 0 or e.g. 0.01"),
+    ("training.max_grad_norm", 0.0, float("inf"), True, "use 1.0"),
+    ("lora.dropout", 0.0, 0.99, True, "use 0.05 (or 0 for none)"),
+    ("lora.r", 0, 4096, True, "ranks of 8-64 suit almost every task; use lora.r=16"),
+    ("preference.beta", 0.0, float("inf"), False, "use 0.1 (DPO) or 2.0 (SimPO)"),
+)
+
+
+def _range_problems(recipe: Recipe) -> list[Problem]:
+    """NaN, infinity and out-of-range numbers, each named with the fix."""
+    out = []
+    for key, low, high, low_ok, fix in _RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(recipe, section), name)
+        if key == "lora.r" and not recipe.lora.enabled:
+            continue
+        above = value > low if not low_ok else value >= low
+        if not (math.isfinite(value) and above and value <= high):
+            bound = f"{'at least' if low_ok else 'above'} {low:g}" + (
+                f" and at most {high:g}" if math.isfinite(high) else ""
+            )
+            out.append(Problem(key, f"{value!r} is out of range: it must be {bound}", fix))
     return out
 
 

@@ -81,6 +81,7 @@ def load(
     data.problems = problems + data.problems
     if method is not None:
         data = formats.for_method(data, method, path.name)
+    data.problems += marker_problems(path, data.records, data.lines)
     if not data.records and not any(p.line is None and p.severity == "error" for p in data.problems):
         data.problems.append(_no_rows(path.name, data.rows_read))
     data.problems.sort(key=lambda p: (p.line is not None, p.line or 0))
@@ -95,6 +96,49 @@ def load(
         data.lines,
         method,
     )
+
+
+# Chat-template control tokens: inside an example's text a tokenizer reads them as real turn
+# boundaries, so a "user" message could open a fake system turn.
+ROLE_MARKERS = (
+    "<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
+    "<|begin_of_text|>", "<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "[INST]", "[/INST]",
+)  # fmt: skip
+
+
+def marker_problems(path: Path, records: list[dict], lines: list[int]) -> list[Problem]:
+    """A warning for each record whose text holds a chat-template marker (a role injection)."""
+    unit = "item" if path.suffix.lower() == ".json" else "line"
+    out = []
+    for record, line in zip(records, lines or [None] * len(records), strict=False):
+        for where, text in _texts(record, ""):
+            found = next((m for m in ROLE_MARKERS if m in text), None)
+            if found:
+                out.append(
+                    Problem(
+                        path.name,
+                        line,
+                        where,
+                        f"contains the chat-template marker {found}: the tokenizer would read it as a "
+                        "real turn boundary, not as text",
+                        "remove the marker from the text (or write it without the '|' characters)",
+                        "warning",
+                        unit,
+                    )  # fmt: skip
+                )
+                break
+    return out
+
+
+def _texts(value, where: str):
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _texts(item, f"{where}[{index}]")
 
 
 def _no_rows(file: str, rows_read: int) -> Problem:
