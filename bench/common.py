@@ -1,0 +1,159 @@
+"""What every benchmark shares: the machine's description, interleaved rounds, medians, the table.
+
+Every number the benchmarks report is a RATIO of two contenders measured in the same run, one
+round of each after the other, several rounds, medians: on a shared CPU an absolute time says
+more about the neighbours than about the code. Knows nothing about chat, training or data.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+@dataclass
+class Row:
+    """One line of the results table: a measure, both contenders' medians, the ratio, the target."""
+
+    bench: str
+    measure: str
+    ours: float
+    theirs: float
+    unit: str
+    target: float | None = None  # the ratio we aim for, or None for a plain report
+    higher_is_better: bool = True
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        if self.higher_is_better:
+            return self.ours / self.theirs if self.theirs else float("inf")
+        return self.theirs / self.ours if self.ours else float("inf")
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return "-"
+        return "met" if self.ratio >= self.target else "MISSED"
+
+
+@dataclass
+class Section:
+    """A benchmark's rows plus free text (what limits it, what the trainer does)."""
+
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so a long run on a busy machine shows where it is."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def offline_env() -> None:
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(key, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def bench_home() -> Path:
+    """A STUDIO_HOME for the benchmarks (bench/.home), set in the environment, model converted once."""
+    home = Path(os.environ.get("STUDIO_BENCH_HOME", ROOT / "bench" / ".home"))
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["STUDIO_HOME"] = str(home)
+    return home
+
+
+def machine() -> dict:
+    """CPU model, cores, RAM, torch version, bf16 support, load at the time of the run."""
+    import psutil
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported() if hasattr(torch.ops, "mkldnn") else False
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "torch": torch.__version__,
+        "bf16_cpu": bool(bf16),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "load_avg": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
+
+
+def interleave(contenders: dict[str, Callable[[], dict]], rounds: int) -> dict[str, dict[str, float]]:
+    """Run each contender once per round, alternating the order; the median of every measure.
+
+    A contender returns a dict of measures ({"tok_s": ..., "ttft_s": ...}).
+    """
+    names = list(contenders)
+    samples: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]  # neither side always runs on a warmer cache
+        for name in order:
+            for key, value in contenders[name]().items():
+                samples[name].setdefault(key, []).append(float(value))
+    return {n: {k: statistics.median(v) for k, v in m.items()} for n, m in samples.items()}
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def table(sections: list[Section]) -> str:
+    lines = [
+        "| bench | measure | studio | baseline | unit | ratio | target | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for section in sections:
+        for r in section.rows:
+            target = "-" if r.target is None else f">= {r.target:g}x"
+            lines.append(
+                f"| {r.bench} | {r.measure} | {r.ours:.4g} | {r.theirs:.4g} | {r.unit} | "
+                f"{r.ratio:.2f}x | {target} | {r.verdict} |"
+            )
+    return "\n".join(lines)
+
+
+def report(sections: list[Section], mode: str, title: str = "CPU run") -> str:
+    """The Markdown block for one run: machine, table, each section's notes."""
+    info = machine()
+    head = [
+        f"## {title} ({mode}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()),
+        "",
+        "Ratios: studio / baseline for throughput, baseline / studio for times (higher is better).",
+        "",
+        table(sections),
+        "",
+    ]
+    for section in sections:
+        if section.notes:
+            head += [f"### {section.title}", ""] + [f"- {n}" for n in section.notes] + [""]
+    return "\n".join(head)
+
+
+def append_results(text: str, path: Path = RESULTS) -> None:
+    previous = path.read_text() if path.is_file() else "# Benchmark results\n\n"
+    path.write_text(previous.rstrip() + "\n\n" + text.rstrip() + "\n")
