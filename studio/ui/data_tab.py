@@ -101,10 +101,11 @@ def histogram(report: check.Report, model: str, template: str | None, max_length
     return common.length_histogram(token_stats, max_length), common.stats_markdown(token_stats, STATS_ROWS)
 
 
-def on_check(upload, choice, method, model, template_choice, max_length):
-    """Read + validate the chosen file; return report, problems file, slider, preview, plot, stats."""
+def on_check(upload, choice, method, model, template_choice, max_length, progress=gr.Progress()):  # noqa: B008
+    """Read + validate the chosen file; return report, problems file, record index, preview, plot, stats."""
     try:
         path = _keep_upload(upload) if upload else str(store.resolve(choice))
+        progress(0.1, desc=f"reading {Path(path).name}")
         report = _load(path, method)
     except (ValueError, OSError) as exc:
         gr.Warning(str(exc))
@@ -121,6 +122,8 @@ def on_check(upload, choice, method, model, template_choice, max_length):
             "",
         )
     try:
+        progress(0.6, desc=f"loading the tokenizer of {model}")  # the first use converts the default model
+        models.resolve(model, lambda fraction, message: progress(0.6 + 0.3 * fraction, desc=message))
         pieces = preview_segments(report, 0, model, template, int(max_length))
         plot, stats_md = histogram(report, model, template, int(max_length))
     except ValueError as exc:
