@@ -124,11 +124,21 @@ def train_command(
     return argv + (["--resume"] if resume else [])
 
 
+def _claim_run_dir(method: str) -> tuple[str, Path]:
+    """Create a new run folder atomically: two launches in the same second get different ids."""
+    for _ in range(1000):
+        run_id = new_run_id(method)
+        try:
+            workspace.run_path(run_id).mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return run_id, workspace.run_path(run_id)
+    raise ValueError(f"could not create a new run folder in {workspace.runs_dir()}")
+
+
 def submit(recipe: str, sets: list[str], method: str, num_processes: int = 1) -> str:
     """Queue a new run of `recipe` with `--set` overrides; it starts when its turn comes."""
-    run_id = new_run_id(method)
-    run_dir = workspace.run_path(run_id)
-    run_dir.mkdir(parents=True)
+    run_id, run_dir = _claim_run_dir(method)
     launch = {
         "recipe": str(recipe),
         "sets": list(sets),
