@@ -56,7 +56,10 @@ def generate_once(model, tokenizer, prompt: str, max_new: int) -> tuple[dict, st
     import torch
 
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     clock = _Clock()
     start = time.perf_counter()
@@ -87,8 +90,7 @@ def pair_once(engine, prompt: str, max_new: int, adapter: str, batched: bool) ->
     messages = [{"role": "user", "content": prompt}]
     start = time.perf_counter()
     if batched:
-        for a, b in engine.stream_pair(messages, messages, None, adapter, settings):
-            pass
+        *_, (a, b) = engine.stream_pair(messages, messages, None, adapter, settings)
         tokens = a.tokens + b.tokens
     else:
         tokens = sum(list(engine.stream(messages, side, settings))[-1].tokens for side in (None, adapter))
@@ -114,9 +116,13 @@ def _median_over_prompts(fn, prompts: list[str]) -> dict:
     return {k: statistics.median(r[k] for r in results) for k in results[0]}
 
 
-def single_pane(engine32, engine16, model, tokenizer, prompts, max_new, rounds) -> tuple[list[Row], list[str]]:
+def single_pane(
+    engine32, engine16, model, tokenizer, prompts, max_new, rounds
+) -> tuple[list[Row], list[str]]:
     contenders = {
-        "generate": lambda: _median_over_prompts(lambda p: generate_once(model, tokenizer, p, max_new)[0], prompts),
+        "generate": lambda: _median_over_prompts(
+            lambda p: generate_once(model, tokenizer, p, max_new)[0], prompts
+        ),
         "engine32": lambda: _median_over_prompts(lambda p: engine_once(engine32, p, max_new)[0], prompts),
     }
     if engine16 is not None:
@@ -126,13 +132,36 @@ def single_pane(engine32, engine16, model, tokenizer, prompts, max_new, rounds) 
     m = interleave(contenders, rounds)
     g = m["generate"]
     rows = [
-        Row("chat", "single pane decode, engine fp32 vs generate fp32", m["engine32"]["tok_s"], g["tok_s"], "tok/s"),
-        Row("chat", "time to first token, engine fp32", m["engine32"]["ttft_s"], g["ttft_s"], "s", None, False),
+        Row(
+            "chat",
+            "single pane decode, engine fp32 vs generate fp32",
+            m["engine32"]["tok_s"],
+            g["tok_s"],
+            "tok/s",
+        ),
+        Row(
+            "chat", "time to first token, engine fp32", m["engine32"]["ttft_s"], g["ttft_s"], "s", None, False
+        ),
     ]
     if engine16 is not None:
         rows += [
-            Row("chat", "single pane decode, engine bf16 vs generate fp32", m["engine16"]["tok_s"], g["tok_s"], "tok/s", 1.5),
-            Row("chat", "time to first token, engine bf16", m["engine16"]["ttft_s"], g["ttft_s"], "s", None, False),
+            Row(
+                "chat",
+                "single pane decode, engine bf16 vs generate fp32",
+                m["engine16"]["tok_s"],
+                g["tok_s"],
+                "tok/s",
+                1.5,
+            ),
+            Row(
+                "chat",
+                "time to first token, engine bf16",
+                m["engine16"]["ttft_s"],
+                g["ttft_s"],
+                "s",
+                None,
+                False,
+            ),
         ]
     return rows, []
 
@@ -145,10 +174,13 @@ def agreement(engine16, model, tokenizer, prompts, max_new) -> str:
         got = engine_once(engine16, p, max_new)[1]
         same += ref == got
         if ref != got:
-            n = next((i for i, (a, b) in enumerate(zip(ref, got, strict=False)) if a != b), min(len(ref), len(got)))
+            n = next(
+                (i for i, (a, b) in enumerate(zip(ref, got, strict=False)) if a != b), min(len(ref), len(got))
+            )
             first_diff.append(f"{p!r} differs from character {n} of {len(ref)}")
-    return f"bf16 greedy text equals fp32 `generate` on {same}/{len(prompts)} prompts ({max_new} new tokens)" + (
-        f"; {'; '.join(first_diff)}" if first_diff else ""
+    return (
+        f"bf16 greedy text equals fp32 `generate` on {same}/{len(prompts)} prompts ({max_new} new tokens)"
+        + (f"; {'; '.join(first_diff)}" if first_diff else "")
     )
 
 
@@ -156,7 +188,9 @@ def llama_cpp_rows(tokenizer, prompts, max_new, rounds, engine16) -> tuple[list[
     try:
         from llama_cpp import Llama
     except ImportError:
-        return [], ["llama.cpp: `llama-cpp-python` is not installed (run with --install-llama-cpp); not compared"]
+        return [], [
+            "llama.cpp: `llama-cpp-python` is not installed (run with --install-llama-cpp); not compared"
+        ]
     import os
 
     from studio import models
@@ -164,7 +198,9 @@ def llama_cpp_rows(tokenizer, prompts, max_new, rounds, engine16) -> tuple[list[
     llm = Llama(model_path=str(models.gguf_path()), n_ctx=1024, n_threads=os.cpu_count(), verbose=False)
 
     def llama_once(prompt: str) -> dict:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
         start, times = time.perf_counter(), []
         for _ in llm.create_completion(text, max_tokens=max_new, temperature=0.0, stream=True):
             times.append(time.perf_counter())
@@ -177,7 +213,13 @@ def llama_cpp_rows(tokenizer, prompts, max_new, rounds, engine16) -> tuple[list[
         },
         rounds,
     )
-    row = Row("chat", "decode, engine bf16 vs llama.cpp (Q4_1 GGUF)", m["engine16"]["tok_s"], m["llama"]["tok_s"], "tok/s")
+    row = Row(
+        "chat",
+        "decode, engine bf16 vs llama.cpp (Q4_1 GGUF)",
+        m["engine16"]["tok_s"],
+        m["llama"]["tok_s"],
+        "tok/s",
+    )
     return [row], ["llama.cpp runs the 4-bit GGUF with hand-written kernels; the engine runs PyTorch eager"]
 
 
@@ -218,14 +260,24 @@ def run(quick: bool) -> Section:
         name = ab.add_adapter(make_adapter("default", Path(tmp) / "adapter"))
         m = interleave(
             {
-                "batched": lambda: _median_over_prompts(lambda p: pair_once(ab, p, max_new, name, True), prompts),
-                "one_by_one": lambda: _median_over_prompts(lambda p: pair_once(ab, p, max_new, name, False), prompts),
+                "batched": lambda: _median_over_prompts(
+                    lambda p: pair_once(ab, p, max_new, name, True), prompts
+                ),
+                "one_by_one": lambda: _median_over_prompts(
+                    lambda p: pair_once(ab, p, max_new, name, False), prompts
+                ),
             },
             rounds,
         )
     section.rows.append(
-        Row("chat", f"A/B pair base+LoRA ({ab.dtype}), batched vs one after the other",
-            m["batched"]["pair_tok_s"], m["one_by_one"]["pair_tok_s"], "tok/s", 1.6)
+        Row(
+            "chat",
+            f"A/B pair base+LoRA ({ab.dtype}), batched vs one after the other",
+            m["batched"]["pair_tok_s"],
+            m["one_by_one"]["pair_tok_s"],
+            "tok/s",
+            1.6,
+        )
     )
     section.notes.append(
         "A/B: base (adapter off) and a rank-16 LoRA on every projection, in one PEFT mixed-adapter batch"

@@ -27,7 +27,9 @@ def write_alpaca(path: Path, rows: int) -> Path:
     """`rows` distinct Alpaca rows made from the sample file (the loader drops exact duplicates)."""
     from bench.common import ROOT
 
-    seeds = [json.loads(line) for line in (ROOT / "sample_data" / "alpaca.jsonl").read_text().splitlines() if line]
+    seeds = [
+        json.loads(line) for line in (ROOT / "sample_data" / "alpaca.jsonl").read_text().splitlines() if line
+    ]
     with path.open("w") as out:
         for i in range(rows):
             row = dict(seeds[i % len(seeds)])
@@ -95,8 +97,14 @@ def run(quick: bool, rows: int | None = None) -> Section:
 
         m = interleave({"studio": measure(studio_pipeline), "datasets": measure(datasets_pipeline)}, rounds)
     section.rows.append(
-        Row("data", f"{rows} Alpaca rows read+check+template+tokenize", m["studio"]["rows_s"],
-            m["datasets"]["rows_s"], "rows/s", 2.0)
+        Row(
+            "data",
+            f"{rows} Alpaca rows read+check+template+tokenize",
+            m["studio"]["rows_s"],
+            m["datasets"]["rows_s"],
+            "rows/s",
+            2.0,
+        )
     )
     section.notes.append(
         "the studio's path also validates every row, drops duplicates and builds the loss mask; "

@@ -1,0 +1,136 @@
+"""Training benchmark: tokens/s and peak memory of the studio's LoRA/QLoRA SFT recipes vs plain TRL.
+
+Studio: `python -m studio train recipes/<recipe>.yaml --set max_steps=N` as a subprocess,
+tokens/s read from its metrics.jsonl (median over log steps, the first one dropped as warm-up).
+Baseline: bench/trl_sft.py (TRL's SFTTrainer with its own defaults, same model, data and LoRA).
+Peak memory: the process tree's resident memory, polled with psutil. Knows nothing about the UI.
+
+Run as: python -m bench.train [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import ROOT, Row, Section, append_results, bench_home, interleave, log, offline_env, report
+
+
+def run_polled(cmd: list[str], log_file: Path, timeout: float = 1800) -> int:
+    """Run `cmd`, polling the peak RSS of it and its children; returns that peak in bytes."""
+    import psutil
+
+    with log_file.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        parent, peak, deadline = psutil.Process(proc.pid), 0, time.monotonic() + timeout
+        while proc.poll() is None:
+            try:
+                tree = [parent, *parent.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:
+                pass
+            if time.monotonic() > deadline:
+                proc.kill()
+            time.sleep(0.2)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({proc.returncode}):\n{log_file.read_text()[-2000:]}")
+    return peak
+
+
+def studio_once(recipe: str, steps: int, tmp: Path) -> dict:
+    run_dir = tmp / f"studio-{time.monotonic_ns()}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "studio",
+        "train",
+        f"recipes/{recipe}.yaml",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        f"max_steps={steps}",
+        "--set",
+        "save_steps=100000",
+        "--set",
+        "eval_steps=100000",
+        "--set",
+        "logging_steps=1",
+    ]
+    peak = run_polled(cmd, tmp / f"{run_dir.name}.log")
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rates = [json.loads(x)["tokens_per_second"] for x in lines if "tokens_per_second" in x]
+    return {"tok_s": statistics.median(rates[1:] or rates), "peak_mb": peak / 2**20}
+
+
+def trl_once(model_dir: str, steps: int, tmp: Path, qlora: bool) -> dict:
+    out = tmp / f"trl-{time.monotonic_ns()}"
+    cmd = [sys.executable, str(ROOT / "bench" / "trl_sft.py"), model_dir, str(out), "--max-steps", str(steps)]
+    log_file = tmp / f"{out.name}.log"
+    peak = run_polled(cmd + (["--qlora"] if qlora else []), log_file)
+    result = json.loads(log_file.read_text().strip().splitlines()[-1])
+    return {"tok_s": result["tokens_per_second"], "peak_mb": peak / 2**20}
+
+
+def run(quick: bool) -> Section:
+    offline_env()
+    bench_home()
+    from studio import models
+
+    steps, rounds = (4, 1) if quick else (12, 2)
+    model_dir = str(models.default_model_dir())
+    section = Section("training")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for recipe, qlora in (("lora_sft", False), ("qlora_sft", True)):
+            log(f"train: {recipe} vs TRL defaults, {steps} steps, {rounds} round(s)")
+            m = interleave(
+                {
+                    "studio": lambda r=recipe: studio_once(r, steps, tmp),
+                    "trl": lambda q=qlora: trl_once(model_dir, steps, tmp, q),
+                },
+                rounds,
+            )
+            s, t = m["studio"], m["trl"]
+            section.rows.append(
+                Row("train", f"{recipe} tokens/s vs TRL defaults", s["tok_s"], t["tok_s"], "tok/s", 1.5)
+            )
+            section.rows.append(
+                Row(
+                    "train",
+                    f"{recipe} peak RSS vs TRL defaults",
+                    s["peak_mb"],
+                    t["peak_mb"],
+                    "MB",
+                    1.0,
+                    False,
+                )
+            )
+    section.notes += [
+        "the studio's trainer pads each batch to its longest row; it neither groups by length nor packs "
+        "(no padding_free), so short Alpaca answers carry padding: see the lead's recommendations",
+        "tokens/s counts every token read, padding excluded (attention mask), per log step, median",
+    ]
+    return section
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    text = report([run(args.quick)], "quick" if args.quick else "full", "Training")
+    print(text)
+    if not args.no_write:
+        append_results(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
