@@ -178,13 +178,14 @@ def _trainable(shape: Shape, recipe, bf16: bool, notes: list[str]) -> float:
     return n * (2 * weight + 8.0)
 
 
-def _tokens(recipe) -> int:
+def _tokens(recipe, seq_length: int | None = None) -> int:
     pairs = 2 if recipe.method in ("dpo", "simpo", "orpo", "kto") else 1  # chosen+rejected, or KL batch
-    return recipe.training.batch_size * recipe.data.max_length * pairs
+    return recipe.training.batch_size * (seq_length or recipe.data.max_length) * pairs
 
 
-def _activations(shape: Shape, recipe, bf16: bool, checkpointing: bool, notes: list[str]) -> float:
-    tokens = _tokens(recipe)
+def _activations(
+    shape: Shape, recipe, bf16: bool, checkpointing: bool, tokens: int, notes: list[str]
+) -> float:
     act = 2 if bf16 else 4
     per_layer = (
         16 * shape.hidden + 5 * shape.intermediate
@@ -202,8 +203,13 @@ def estimate_memory(
     device_memory: float | None = None,
     gradient_checkpointing: bool | None = None,
     bf16: bool | None = None,
+    seq_length: int | None = None,
 ) -> MemoryEstimate:
-    """Estimate peak training memory; `device_memory` in bytes (default: this machine's)."""
+    """Estimate peak training memory; `device_memory` in bytes (default: this machine's).
+
+    `seq_length` is the longest batch's length when the data is known (padding goes to the longest
+    example of a batch); by default the recipe's max_length, the worst case.
+    """
     shape = shape_of(model_info_or_config)
     if bf16 is None:
         bf16 = bf16_supported() if recipe.training.bf16 == "auto" else bool(recipe.training.bf16)
@@ -212,16 +218,19 @@ def estimate_memory(
     kind = "cuda"
     if device_memory is None:
         device_memory, kind = device_memory_bytes()
+    tokens = _tokens(recipe, seq_length)
+    length = seq_length or recipe.data.max_length
     notes = [
-        f"{shape.n_params / 1e9:.2f}B parameters; {recipe.training.batch_size} x {recipe.data.max_length} "
-        f"tokens per step{' (x2: chosen and rejected)' if _tokens(recipe) > recipe.training.batch_size * recipe.data.max_length else ''}"
+        f"{shape.n_params / 1e9:.2f}B parameters; {tokens} tokens per step "
+        f"({recipe.training.batch_size} x {length}{' x 2: chosen and rejected' if tokens > recipe.training.batch_size * length else ''})"
     ]
     weights = _weights(shape, recipe, bf16, notes)
     trainable = _trainable(shape, recipe, bf16, notes)
-    activations = _activations(shape, recipe, bf16, gradient_checkpointing, notes)
-    logits = _tokens(recipe) * shape.vocab * 8.0
+    activations = _activations(shape, recipe, bf16, gradient_checkpointing, tokens, notes)
+    logits = tokens * shape.vocab * 8.0
     notes.append("logits upcast to fp32 for the loss, and their gradient (8 bytes per vocabulary entry)")
     overhead = FRAMEWORK_GB[kind] * GB
+    notes.append(f"{FRAMEWORK_GB[kind]} GB for the framework ({kind} allocator and kernels)")
     total = weights + trainable + activations + logits + overhead
     return MemoryEstimate(
         weights,

@@ -50,14 +50,20 @@ class _Tee(io.TextIOBase):
         self.stream, self.log = stream, log
 
     def write(self, text: str) -> int:
-        self.stream.write(text)
         self.log.write(text)
         self.log.flush()
+        try:
+            self.stream.write(text)
+        except (OSError, ValueError):
+            pass  # the terminal went away (a closed pipe): the run and its log carry on
         return len(text)
 
     def flush(self) -> None:
-        self.stream.flush()
         self.log.flush()
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def isatty(self) -> bool:
         return self.stream.isatty()

@@ -354,9 +354,20 @@ def run(recipe: Recipe, run_dir: Path, resume: bool, flag: StopFlag) -> tuple[st
         print(f"[studio] {note}", flush=True)
     if main and plan.estimate is not None:
         runfolder.update_status(run_dir, memory_estimate_gb=round(plan.estimate.total_gb, 3))
+    rss_before = _rss()
     watcher = runfolder.RunCallback(run_dir, flag, is_main=main)
     trainer, tokenizer, plan = prepare(recipe, run_dir, [watcher], plan)
     watcher.counter = trainer.data_collator = runfolder.TokenCounter(trainer.data_collator)
+    if main and plan.estimate is not None and recipe.method == "sft":
+        longest = max(len(ids) for ids in trainer.train_dataset["input_ids"])  # batches pad to their longest
+        estimate = memory.estimate_memory(
+            _model_info(recipe),
+            recipe,
+            gradient_checkpointing=plan.gradient_checkpointing,
+            bf16=plan.bf16,
+            seq_length=min(longest, recipe.data.max_length),
+        )
+        runfolder.update_status(run_dir, memory_estimate_gb=round(estimate.total_gb, 3))
     checkpoint = runfolder.last_complete_checkpoint(run_dir) if resume else None
     if main:
         if resume:
@@ -374,6 +385,8 @@ def run(recipe: Recipe, run_dir: Path, resume: bool, flag: StopFlag) -> tuple[st
         flush=True,
     )
     trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
+    if main:  # measured next to the estimate, so both can be compared after the run
+        runfolder.update_status(run_dir, peak_memory_gb=round(_peak_memory(rss_before) / memory.GB, 3))
     if watcher.error:
         return "failed", watcher.error
     if flag.raised:
@@ -384,6 +397,23 @@ def run(recipe: Recipe, run_dir: Path, resume: bool, flag: StopFlag) -> tuple[st
         probes = json.loads((run_dir / "probes.json").read_text(encoding="utf-8"))
         runfolder.write_probes(run_dir, recipe.probes.prompts, probes["before"], after)
     return "completed", None
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _peak_memory(rss_before: int) -> int:
+    """Peak CUDA memory allocated, or on CPU the peak resident memory above what was there before loading."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
 
 
 def save_final(trainer, run_dir: Path, main: bool) -> None:
