@@ -9,6 +9,7 @@ Run as: python -m studio data check sample_data/dpo.jsonl --method dpo --model d
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from studio.data import formats
 from studio.data.io import DEFAULT_MAX_BYTES, Problem, read_rows
 
 SHOWN_PROBLEMS = 10
+CHUNK_ROWS = 20_000  # rows normalized at a time by `scan` (bounds the CLI's memory)
 
 
 @dataclass
@@ -30,11 +32,12 @@ class Report:
     usable: bool
     lines: list[int] = field(default_factory=list)  # source line of each record
     method: str | None = None
+    usable_rows: int | None = None  # set by `scan`, whose records are only the first chunk's
 
     @property
     def rows(self) -> int:
         """Usable rows (the records that will be trained on)."""
-        return len(self.records)
+        return len(self.records) if self.usable_rows is None else self.usable_rows
 
     @property
     def errors(self) -> int:
@@ -141,6 +144,46 @@ def _texts(value, where: str):
             yield from _texts(item, f"{where}[{index}]")
 
 
+def scan(
+    path: str | Path,
+    method: str | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    on_progress=None,
+) -> Report:
+    """`load` in chunks: every row is checked and counted, but only the first chunk's records are
+    kept, so memory stays bounded however long the file (the CLI check; training uses `load`).
+    Format detection runs per chunk; `on_progress(rows_read)` is called after each one."""
+    path = Path(path)
+    if method is not None:
+        formats.kind_for_method(method)
+    pending: list[Problem] = []
+    rows = read_rows(path, pending, max_bytes=max_bytes)
+    sample, problems, rows_read, usable, fmt, kind = None, [], 0, 0, "", ""
+    while True:
+        chunk = list(itertools.islice(rows, chunk_rows))
+        data = formats.normalize(chunk, path.name)
+        data.rows_read += sum(p.line is not None for p in pending)
+        data.problems = [*pending, *data.problems]
+        pending.clear()
+        if method is not None:
+            data = formats.for_method(data, method, path.name)
+        data.problems += marker_problems(path, data.records, data.lines)
+        sample = sample or (data if data.records else None)
+        fmt, kind = fmt or data.format, kind or data.kind
+        rows_read, usable = rows_read + data.rows_read, usable + len(data.records)
+        problems += data.problems
+        if on_progress is not None:
+            on_progress(rows_read)
+        if len(chunk) < chunk_rows:
+            break
+    if not usable and not any(p.line is None and p.severity == "error" for p in problems):
+        problems.append(_no_rows(path.name, rows_read))
+    problems.sort(key=lambda p: (p.line is not None, p.line or 0))
+    records, lines = (sample.records, sample.lines) if sample else ([], [])
+    return Report(str(path), fmt, kind, rows_read, records, problems, usable > 0, lines, method, usable)
+
+
 def _no_rows(file: str, rows_read: int) -> Problem:
     if rows_read == 0:
         return Problem(file, None, None, "has no examples", "add at least one example row")
@@ -157,7 +200,7 @@ def _no_rows(file: str, rows_read: int) -> Problem:
 def main(file: str, method: str | None = None, model: str | None = None, max_length: int = 1024) -> int:
     """`python -m studio data check`: print the report; exit 0 when the data is usable, else 1."""
     try:
-        report = load(file, method=method)
+        report = scan(file, method=method)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
