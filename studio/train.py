@@ -523,6 +523,7 @@ def main(
             exit_code=None,
             error=None,
             max_steps=recipe.training.max_steps,
+            processes=world_size(),
         )
     print(f"[studio] run folder: {folder}", flush=True)
     state, error, code = _guarded_run(recipe, folder, resume, flag)

@@ -379,3 +379,104 @@ def test_pad_token_is_never_eos(tiny_model):
     tok.chat_template = "{{ '<|endoftext|>' }}" + tok.chat_template  # now in use by the template
     tok.pad_token = tok.eos_token
     assert train.pick_pad_token(tok) == ("<|pad|>", True)
+
+
+# ---------------------------------------------------------------- slow: the real default model, two processes
+
+
+@pytest.mark.slow
+def test_qlora_on_the_default_model_learns_the_sample_style(default_model, tmp_path):
+    """Sample answers all read "Short answer: ... Why: ..."; after a few minutes of QLoRA the tuned
+    model answers held-out questions that way more often than the base, and differently."""
+    prompts = (ROOT / "sample_data" / "heldout_prompts.txt").read_text().split("\n")
+    prompts = [p for p in prompts if p.strip()][:4]
+    run_dir = tmp_path / "run"
+    argv = [
+        sys.executable,
+        "-m",
+        "studio",
+        "train",
+        "recipes/qlora_sft.yaml",
+        "--set",
+        f"model={default_model}",
+        "--set",
+        "max_steps=30",
+        "--set",
+        "learning_rate=3e-4",
+        "--set",
+        "data.eval_split=0",
+        "--set",
+        "probes.max_new_tokens=24",
+        "--set",
+        f"probes.prompts={json.dumps(prompts)}",
+        "--run-dir",
+        str(run_dir),
+    ]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probes = json.loads((run_dir / "probes.json").read_text())
+    assert probes["after"] != probes["before"]
+
+    def styled(answers):
+        return sum(a.lower().startswith("short answer") for a in answers)
+
+    assert styled(probes["after"]) > styled(probes["before"]), probes
+    losses = [row["loss"] for row in metrics(run_dir) if "loss" in row]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+@pytest.mark.slow
+def test_dpo_on_the_default_model_raises_the_reward_margin(default_model, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = [
+        sys.executable,
+        "-m",
+        "studio",
+        "train",
+        "recipes/dpo.yaml",
+        "--set",
+        f"model={default_model}",
+        "--set",
+        "max_steps=16",
+        "--set",
+        "probes.prompts=[]",
+        "--set",
+        "learning_rate=2e-4",
+        "--run-dir",
+        str(run_dir),
+    ]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    margins = [row["rewards/margins"] for row in metrics(run_dir) if "rewards/margins" in row]
+    assert len(margins) == 16
+    assert sum(margins[-5:]) / 5 > max(sum(margins[:5]) / 5, 0.0), margins
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch(tiny_model, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "-m",
+        "studio",
+        "train",
+        "recipes/lora_sft.yaml",
+        "--set",
+        f"model={tiny_model}",
+        "--set",
+        f"dataset={data_dir / 'sft.jsonl'}",
+        "--run-dir",
+        str(run_dir),
+        *QUICK,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert_completed(proc, run_dir)
+    assert status(run_dir)["processes"] == 2
+    assert _loss_steps(run_dir) == [1, 2]  # rank 0 alone writes: no line twice
+    assert_lora_learned(run_dir)
