@@ -188,3 +188,29 @@ def test_bench_cli_names_unknown_bench(capsys):
         bench_main.main(["--only", "chat,nope", "--no-write"])
     assert "unknown bench nope" in capsys.readouterr().err
     assert sys.modules["bench.common"].RESULTS.name == "RESULTS.md"
+
+
+def _segments_one_by_one(text, offsets, trained, truncated):
+    """The plain definition: walk token by token, cut where the trained flag changes."""
+    cuts, flags = [0], [trained[0]]
+    for (start, _), flag in zip(offsets[1:], trained[1:], strict=True):
+        if flag != flags[-1]:
+            cuts.append(max(start, cuts[-1]))
+            flags.append(flag)
+    cuts.append(offsets[-1][1] if truncated else len(text))
+    return [(text[a:b], f) for a, b, f in zip(cuts, cuts[1:], flags, strict=False) if b > a]
+
+
+def test_preview_segments_fast_path_equals_token_walk(tiny_model):
+    tokenizer = models.load_tokenizer(str(tiny_model))
+    for record in RECORDS:
+        for max_length in (None, 20):
+            tok = templates.tokenize_sft(record, tokenizer, max_length=max_length)
+            text = "".join(piece for piece, _ in tok.segments)
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"][: len(tok.input_ids)]
+            trained = [label != templates.IGNORE_INDEX for label in tok.labels]
+            expected = _segments_one_by_one(text, offsets, trained, tok.truncated)
+            assert templates._segments(text, offsets, trained, tok.truncated) == expected
+            if max_length is None:  # both kinds of piece: the walk really cut somewhere
+                assert any(f for _, f in expected) and any(not f for _, f in expected)

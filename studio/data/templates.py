@@ -12,6 +12,7 @@ with character offsets and trains exactly the tokens that overlap those spans. N
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from studio.data.chat_text import TEMPLATES
@@ -26,6 +27,7 @@ END_MARKERS = (
     "<|endoftext|>",
     "</s>",
 )
+_RUNS = re.compile(rb"\x00+|\x01+")  # runs of untrained / trained tokens in bytes(trained)
 _OWN_TEMPLATE = "studio_own_chat_template"  # the model's own template, kept when another is chosen
 
 
@@ -236,10 +238,11 @@ def _segments(text: str, offsets, trained: list[bool], truncated: bool) -> list[
     if not offsets:
         return [(text, False)] if text else []
     cuts, flags = [0], [trained[0]]
-    for (start, _), flag in zip(offsets[1:], trained[1:], strict=True):
-        if flag != flags[-1]:
-            cuts.append(max(start, cuts[-1]))
-            flags.append(flag)
+    # runs of equal flags found by a C regex over the flags as bytes: no Python loop per token
+    for run in _RUNS.finditer(bytes(trained)):
+        if run.start() > 0:
+            cuts.append(max(offsets[run.start()][0], cuts[-1]))
+            flags.append(trained[run.start()])
     cuts.append(offsets[-1][1] if truncated else len(text))
     return [(text[a:b], f) for a, b, f in zip(cuts, cuts[1:], flags, strict=False) if b > a]
 
