@@ -75,6 +75,9 @@ def test_token_is_in_no_page(server):
         with urllib.request.urlopen(server.url + path, timeout=60) as resp:
             assert TOKEN not in resp.read().decode("utf-8", "replace"), path
     assert TOKEN not in Path(f"/proc/{server.proc.pid}/cmdline").read_bytes().decode()
+    for path in server.home.rglob("*"):  # app.log, studio.db, ... (the secrets file is the test's own)
+        if path.is_file() and ".secrets" not in path.parts:
+            assert TOKEN.encode() not in path.read_bytes(), f"the token leaked into {path}"
 
 
 @pytest.mark.parametrize(
