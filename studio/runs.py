@@ -263,6 +263,9 @@ def _spawn(info: RunInfo) -> None:
     workspace.atomic_write_json(info.path / "status.json", status)
     log = open(info.path / "train.log", "ab")  # noqa: SIM115 - the child owns it from here
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    processes = int(launch.get("num_processes", 1))
+    if processes > 1 and "OMP_NUM_THREADS" not in env:  # ranks on one machine share its cores
+        env["OMP_NUM_THREADS"] = str(max((os.cpu_count() or processes) // processes, 1))
     proc = subprocess.Popen(
         argv,
         stdout=log,
