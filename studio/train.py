@@ -504,7 +504,8 @@ def main(
     folder = runfolder.agree_on_run_dir(Path(run_dir) if run_dir else None, lambda: default_run_dir(recipe))
     if resume and run_dir is None:
         return _refuse(None, "--resume needs --run-dir: the folder of the run to continue", main_rank)
-    problems = recipes.preflight(recipe, run_dir=folder, resume=resume)
+    # Only rank 0 judges the run folder: the other ranks would find the recipe.yaml it just wrote.
+    problems = recipes.preflight(recipe, run_dir=folder if main_rank else None, resume=resume)
     errors = [p for p in problems if p.severity == "error"]
     for problem in problems:
         print(f"[studio] preflight {problem.severity}: {problem}", flush=True)
