@@ -83,7 +83,7 @@ def run(quick: bool) -> Section:
     bench_home()
     from studio import models
 
-    steps, rounds = (3, 1) if quick else (12, 2)  # the first log step is dropped as warm-up
+    steps, rounds = (3, 2) if quick else (12, 3)  # the first log step is dropped as warm-up
     model_dir = str(models.default_model_dir())
     section = Section("training")
     with tempfile.TemporaryDirectory() as tmp_name:
