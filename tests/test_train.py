@@ -386,10 +386,16 @@ def test_pad_token_is_never_eos(tiny_model):
 
 @pytest.mark.slow
 def test_qlora_on_the_default_model_learns_the_sample_style(default_model, tmp_path):
-    """Sample answers all read "Short answer: ... Why: ..."; after a few minutes of QLoRA the tuned
-    model answers held-out questions that way more often than the base, and differently."""
-    prompts = (ROOT / "sample_data" / "heldout_prompts.txt").read_text().split("\n")
-    prompts = [p for p in prompts if p.strip()][:4]
+    """Every sample answer opens with "Short answer:". After a few minutes of QLoRA, the adapter
+    (loaded on its own from adapter/) makes that opening far likelier on held-out questions than
+    the base does, its greedy answers differ from the base's, and the loss falls."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompts = [
+        p for p in (ROOT / "sample_data" / "heldout_prompts.txt").read_text().splitlines() if p.strip()
+    ]
     run_dir = tmp_path / "run"
     argv = [
         sys.executable,
@@ -400,29 +406,46 @@ def test_qlora_on_the_default_model_learns_the_sample_style(default_model, tmp_p
         "--set",
         f"model={default_model}",
         "--set",
-        "max_steps=30",
+        "max_steps=24",
         "--set",
         "learning_rate=3e-4",
         "--set",
         "data.eval_split=0",
         "--set",
-        "probes.max_new_tokens=24",
+        "probes.max_new_tokens=16",
         "--set",
-        f"probes.prompts={json.dumps(prompts)}",
+        f"probes.prompts={json.dumps(prompts[:3])}",
         "--run-dir",
         str(run_dir),
     ]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     probes = json.loads((run_dir / "probes.json").read_text())
     assert probes["after"] != probes["before"]
-
-    def styled(answers):
-        return sum(a.lower().startswith("short answer") for a in answers)
-
-    assert styled(probes["after"]) > styled(probes["before"]), probes
     losses = [row["loss"] for row in metrics(run_dir) if "loss" in row]
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6
+
+    tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(default_model), run_dir / "adapter"
+    )
+    model.eval()
+
+    def style_logprob(prompt: str) -> float:
+        context = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        ids = tok(context + "Short answer:", return_tensors="pt", add_special_tokens=False).input_ids
+        start = len(tok(context, add_special_tokens=False).input_ids)
+        with torch.no_grad():
+            logp = model(ids).logits[0, :-1].log_softmax(-1)
+        return sum(logp[i - 1, ids[0, i]].item() for i in range(start, ids.shape[1]))
+
+    for prompt in prompts:
+        tuned = style_logprob(prompt)
+        with model.disable_adapter():
+            base = style_logprob(prompt)
+        assert tuned > base + 2.0, (prompt, base, tuned)  # > 7x likelier
 
 
 @pytest.mark.slow
@@ -437,7 +460,7 @@ def test_dpo_on_the_default_model_raises_the_reward_margin(default_model, tmp_pa
         "--set",
         f"model={default_model}",
         "--set",
-        "max_steps=16",
+        "max_steps=12",
         "--set",
         "probes.prompts=[]",
         "--set",
@@ -448,8 +471,8 @@ def test_dpo_on_the_default_model_raises_the_reward_margin(default_model, tmp_pa
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     margins = [row["rewards/margins"] for row in metrics(run_dir) if "rewards/margins" in row]
-    assert len(margins) == 16
-    assert sum(margins[-5:]) / 5 > max(sum(margins[:5]) / 5, 0.0), margins
+    assert len(margins) == 12
+    assert sum(margins[-4:]) / 4 > max(sum(margins[:4]) / 4, 0.0), margins
 
 
 @pytest.mark.slow
