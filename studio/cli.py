@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a recipe field, e.g. --set max_steps=20 --set lora.r=8")
     train.add_argument("--run-dir", help="run folder (default: STUDIO_HOME/runs/<new id>)")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --run-dir")
+    from studio import recipes  # light (dataclasses + yaml): every recipe field's help, written once
+
+    train.epilog, train.formatter_class = recipes.fields_help(), argparse.RawDescriptionHelpFormatter
 
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
