@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 METHODS = ("sft", "dpo", "simpo", "orpo", "kto")
+BACKENDS = ("transformers", "unsloth")
 DEFAULT_BETA = {"sft": 0.1, "dpo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -146,6 +147,12 @@ class Recipe:
     method: str = _f("sft", "Training method.", choices=METHODS)
     model: str = _f("default", "Model: 'default' (SmolLM2-135M-Instruct), a Hub id, or a local folder.")
     dataset: str = _f("sample:alpaca.jsonl", "Dataset: a saved name, 'sample:<file>', or a file path.")
+    backend: str = _f(
+        "transformers",
+        "How the model and LoRA are loaded: 'transformers' (everywhere) or 'unsloth' (faster LoRA/QLoRA "
+        "on one NVIDIA GPU; needs the unsloth package).",
+        choices=BACKENDS,
+    )
     data: DataSection = field(default_factory=DataSection)
     lora: LoraSection = field(default_factory=LoraSection)
     quantization: QuantizationSection = field(default_factory=QuantizationSection)
@@ -526,9 +533,37 @@ def _range_problems(recipe: Recipe) -> list[Problem]:
     return out
 
 
+def unsloth_unavailable() -> str | None:
+    """Why the Unsloth backend cannot run here, or None when it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("unsloth") is None:
+        return "the unsloth package is not installed (pip install unsloth, on a machine with an NVIDIA GPU)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "Unsloth runs only on an NVIDIA GPU with CUDA, and none is visible here"
+    return None
+
+
+def _backend_problems(recipe: Recipe) -> list[Problem]:
+    if recipe.backend != "unsloth":
+        return []
+    fix = "set backend: transformers (same recipe, same results, slower on a GPU)"
+    reason = unsloth_unavailable()
+    if reason:
+        return [Problem("backend", f"backend unsloth cannot run: {reason}", fix)]
+    if not recipe.lora.enabled or recipe.training.num_processes > 1:
+        return [Problem("backend", "the Unsloth backend trains LoRA / QLoRA on one GPU only", fix)]
+    return []
+
+
 def _hardware_problems(recipe: Recipe) -> list[Problem]:
     from studio import memory
 
+    backend = _backend_problems(recipe)
+    if backend:
+        return backend
     if recipe.training.bf16 is True and not memory.bf16_supported():
         return [
             Problem(

@@ -190,8 +190,40 @@ def build_datasets(recipe: Recipe, tokenizer):
 # ---------------------------------------------------------------- setup: model and trainer
 
 
+def load_with_unsloth(recipe: Recipe, tokenizer, plan: Plan):
+    """The model with its LoRA already attached, through Unsloth's fused kernels (one CUDA GPU)."""
+    reason = recipes.unsloth_unavailable()
+    if reason:
+        raise ValueError(f"backend unsloth: {reason} — set backend: transformers")
+    from unsloth import FastLanguageModel  # optional dependency, present only where preflight allowed it
+
+    lo = recipe.lora
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=models.resolve(recipe.model),
+        max_seq_length=recipe.data.max_length,
+        dtype=None,  # Unsloth picks bf16 where the GPU has it
+        load_in_4bit=recipe.quantization.load_in_4bit,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=lo.r,
+        lora_alpha=lo.alpha,
+        lora_dropout=lo.dropout,
+        target_modules=list(lo.targets),
+        bias="none",
+        use_rslora=lo.use_rslora,
+        use_gradient_checkpointing="unsloth" if plan.gradient_checkpointing else False,
+        random_state=recipe.training.seed,
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id  # our tokenizer tokenized the data
+    return model
+
+
 def load_model(recipe: Recipe, tokenizer, plan: Plan, added_pad: bool):
     import torch
+
+    if recipe.backend == "unsloth":
+        return load_with_unsloth(recipe, tokenizer, plan)
 
     dtype = torch.bfloat16 if plan.bf16 else torch.float32
     kwargs = {"dtype": dtype}
@@ -277,7 +309,7 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, plan: Pla
     args = common_args(recipe, plan, run_dir, eval_ds is not None)
     p = recipe.preference
     length = recipe.data.max_length
-    peft_config = lora_config(recipe)
+    peft_config = None if recipe.backend == "unsloth" else lora_config(recipe)  # Unsloth attached it
     common = dict(
         model=model,
         processing_class=tokenizer,
