@@ -211,9 +211,25 @@ def log_tail(run_id: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _death_reason(info: RunInfo) -> str:
+    """Why a run's process vanished, as far as the outside can tell."""
+    child = _procs.get(str(info.launch.get("pid")))
+    code = child.poll() if child is not None else None
+    estimate = info.status.get("memory_estimate_gb")
+    oom_hint = (
+        f" (this run's memory estimate was {estimate:.1f} GB)" if isinstance(estimate, int | float) else ""
+    )
+    if code == -signal.SIGKILL:
+        return (
+            "the training process ended without reporting: it was killed with SIGKILL, which is what "
+            f"the out-of-memory killer sends{oom_hint} — try QLoRA, a smaller batch or max_length"
+        )
+    return f"the training process ended without reporting (killed, or out of memory{oom_hint})"
+
+
 def _mark_dead(info: RunInfo) -> None:
     tail = log_tail(info.run_id, 15)
-    reason = "the training process ended without reporting (killed, or out of memory)"
+    reason = _death_reason(info)
     if info.state == "stopping":
         new = {**info.status, "state": "stopped", "ended_at": _now(), "error": None}
     else:

@@ -91,6 +91,7 @@ def test_killed_run_is_marked_failed_with_its_log_tail(tiny_model):
     os.killpg(runs.get(run_id).launch["pgid"], signal.SIGKILL)
     info = _wait(run_id, ("failed",), timeout=30)
     assert "ended without reporting" in info.status["error"]
+    assert "SIGKILL" in info.status["error"] and "out-of-memory" in info.status["error"]
     assert "[studio]" in info.status["error"], "the failure should carry the last lines of train.log"
 
 
