@@ -214,7 +214,12 @@ def log_tail(run_id: str, lines: int = 40) -> str:
 def _death_reason(info: RunInfo) -> str:
     """Why a run's process vanished, as far as the outside can tell."""
     child = _procs.get(str(info.launch.get("pid")))
-    code = child.poll() if child is not None else None
+    code = None
+    if child is not None:
+        try:
+            code = child.wait(timeout=2)  # already dead by the time we are asked; this reaps it
+        except subprocess.TimeoutExpired:
+            code = None
     estimate = info.status.get("memory_estimate_gb")
     oom_hint = (
         f" (this run's memory estimate was {estimate:.1f} GB)" if isinstance(estimate, int | float) else ""
