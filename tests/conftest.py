@@ -114,7 +114,7 @@ class AppServer:
             [sys.executable, str(ROOT / "app.py"), "--port", str(self.port)],
             cwd=ROOT,
             env=self.env,
-            stdout=open(self.log, "ab"),
+            stdout=open(self.log, "ab"),  # noqa: SIM115 - the child process owns it
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -169,3 +169,32 @@ def screenshot(page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def default_qlora_run(default_model_home, tmp_path_factory) -> Path:
+    """One real QLoRA SFT run of the default model on sample_data/alpaca.jsonl, shared by the
+    proofs that need a tuned adapter (training style shift, A/B chat), so it is paid for once."""
+    import json
+    import subprocess
+
+    model = default_model_home / "models" / "SmolLM2-135M-Instruct"
+    prompts = [
+        p for p in (ROOT / "sample_data" / "heldout_prompts.txt").read_text().splitlines() if p.strip()
+    ]
+    run_dir = tmp_path_factory.mktemp("qlora") / "run"
+    sets = {
+        "model": str(model),
+        "max_steps": "24",
+        "learning_rate": "3e-4",
+        "data.eval_split": "0",
+        "probes.max_new_tokens": "16",
+        "probes.prompts": json.dumps(prompts[:3]),
+    }
+    argv = [sys.executable, "-m", "studio", "train", "recipes/qlora_sft.yaml", "--run-dir", str(run_dir)]
+    for key, value in sets.items():
+        argv += ["--set", f"{key}={value}"]
+    env = {**os.environ, "STUDIO_HOME": str(tmp_path_factory.mktemp("qlora_home"))}
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir
