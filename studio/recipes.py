@@ -126,6 +126,11 @@ class TrainingSection:
     gradient_checkpointing: bool | str = _f(
         "auto", "Recompute activations to save memory (~40% slower); 'auto' turns it on when memory is tight."
     )
+    group_by_length: bool = _f(
+        True,
+        "SFT: batch examples of similar length together, so less padding is computed (batches still "
+        "come in random order; examples never see each other).",
+    )
     save_steps: int = _f(20, "Save a resumable checkpoint every N steps.")
     save_total_limit: int = _f(2, "Keep only the newest N checkpoints.")
     logging_steps: int = _f(1, "Write a metrics line every N steps.")

@@ -49,6 +49,11 @@ def uploads_dir() -> Path:
     return _sub("uploads")
 
 
+def cache_dir() -> Path:
+    """Derived files (e.g. tokenized datasets) that may be deleted at any time; rebuilt on demand."""
+    return _sub("cache")
+
+
 def db_path() -> Path:
     return home() / "studio.db"
 
