@@ -323,6 +323,31 @@ def load_model(recipe: Recipe, tokenizer, plan: Plan, added_pad: bool):
     return model
 
 
+def length_sampler(trainer, dataset=None):
+    """Trainer's length-grouped order, drawn from (seed, epoch) instead of the global RNG: a resumed
+    run sees the batches the uninterrupted one saw, and every process of a multi-GPU run agrees."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeeded(LengthGroupedSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:  # accelerate calls it at the start of each epoch
+            self.epoch = epoch
+
+        def __iter__(self):  # the same order however often an epoch is iterated
+            self.generator = torch.Generator().manual_seed(trainer.args.data_seed + self.epoch)
+            return super().__iter__()
+
+    dataset = trainer.train_dataset if dataset is None else dataset
+    args = trainer.args
+    sampler = EpochSeeded(
+        args.train_batch_size * args.gradient_accumulation_steps,
+        lengths=[len(ids) for ids in dataset["input_ids"]],
+    )
+    return sampler
+
+
 def lora_config(recipe: Recipe):
     if not recipe.lora.enabled:
         return None
@@ -399,7 +424,10 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_ds, eval_ds, plan: Pla
         # to another (no packing); only less padding is computed.
         sampling = "group_by_length" if recipe.training.group_by_length else "random"
         config = SFTConfig(**args, max_length=length, train_sampling_strategy=sampling)
-        return SFTTrainer(args=config, **common)
+        trainer = SFTTrainer(args=config, **common)
+        if recipe.training.group_by_length:
+            trainer._get_train_sampler = lambda dataset=None: length_sampler(trainer, dataset)
+        return trainer
     if recipe.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
