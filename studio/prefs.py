@@ -129,14 +129,23 @@ def _use_wal(conn: sqlite3.Connection) -> None:
 @contextmanager
 def _connect() -> Iterator[sqlite3.Connection]:
     """A fresh connection per call: safe from any thread, closed on the way out."""
-    conn = sqlite3.connect(workspace.db_path(), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    path = workspace.db_path()
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        conn.execute("PRAGMA synchronous = FULL")  # per connection: fsync the WAL on every commit
-        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            with _SETUP_LOCK:  # first use of a file: one thread sets it up, the others wait
-                _use_wal(conn)
-                migrate(conn)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA synchronous = FULL")  # per connection: fsync the WAL on every commit
+            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                with _SETUP_LOCK:  # first use of a file: one thread sets it up, the others wait
+                    _use_wal(conn)
+                    migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise ValueError(
+                f"{path} is not a readable vote database ({exc}): move it aside (for example to "
+                "studio.db.broken) and the studio starts a new one; your other files are untouched"
+            ) from exc
         yield conn
     finally:
         conn.close()

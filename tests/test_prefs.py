@@ -287,3 +287,13 @@ def test_votes_survive_kill_9(studio_home, self_kill):
     assert set(returned) <= stored
     with sqlite3.connect(workspace.db_path()) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_corrupt_database_is_explained_not_a_traceback(studio_home):
+    from studio.ui import votes_tab
+
+    (studio_home / "studio.db").write_bytes(b"this is not SQLite at all" * 100)
+    with pytest.raises(ValueError, match="move it aside"):
+        prefs.count()
+    assert "cannot be read" in votes_tab.report_markdown()
+    assert votes_tab.votes_frame().empty

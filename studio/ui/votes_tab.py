@@ -13,7 +13,11 @@ COLUMNS = ["id", "time", "verdict", "left model", "right model", "prompt", "edit
 
 def votes_frame(limit: int = 200) -> pd.DataFrame:
     rows = []
-    for vote in prefs.list_votes(limit=limit):
+    try:
+        votes = prefs.list_votes(limit=limit)
+    except ValueError:  # an unreadable studio.db: the report above says what to do
+        votes = []
+    for vote in votes:
         prompt = next((m["content"] for m in reversed(vote.messages) if m["role"] == "user"), "")
         shown = {
             "left": (vote.model_left, vote.adapter_left),
@@ -36,7 +40,10 @@ def votes_frame(limit: int = 200) -> pd.DataFrame:
 
 
 def report_markdown() -> str:
-    r = prefs.quality_report()
+    try:
+        r = prefs.quality_report()
+    except ValueError as exc:
+        return f"**The vote database cannot be read.** {exc}"
     if not r.total:
         return "No votes yet: vote in the Chat tab."
     pct = lambda x: "n/a" if x is None else f"{x:.0%}"  # noqa: E731
