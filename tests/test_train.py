@@ -210,20 +210,30 @@ def test_probes_and_terminal_log(tiny_model, data_dir, tmp_path):
 
 
 def test_nan_loss_fails_the_run_with_a_fix(tiny_model, data_dir, tmp_path):
+    """A model whose numbers blow up (here: one weight poisoned with NaN, since preflight already
+    refuses absurd learning rates) fails the run as `failed` with a fix, never a hidden NaN."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    poisoned = tmp_path / "poisoned-model"
+    shutil.copytree(tiny_model, poisoned)
+    weights = load_file(poisoned / "model.safetensors")
+    name = next(k for k in weights if k.endswith("mlp.down_proj.weight"))
+    weights[name].fill_(float("nan"))
+    save_file(weights, poisoned / "model.safetensors", metadata={"format": "pt"})
     run_dir = tmp_path / "run"
     proc = train_cli(
         "lora_sft.yaml",
-        tiny_model,
+        poisoned,
         data_dir / "sft.jsonl",
         run_dir,
         "--set",
         "max_steps=4",
         "--set",
-        "learning_rate=1e30",
-        "--set",
         "warmup_ratio=0",
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 1, proc.stdout[-2000:]
     st = status(run_dir)
     assert st["state"] == "failed" and "diverged" in st["error"] and "learning_rate" in st["error"]
     assert not (run_dir / "adapter").exists()
