@@ -114,8 +114,8 @@ def run(quick: bool) -> Section:
                 )
             )
     section.notes += [
-        "the studio's trainer pads each batch to its longest row; it neither groups by length nor packs "
-        "(no padding_free), so short Alpaca answers carry padding: see the lead's recommendations",
+        "the studio's SFT batches are grouped by length (training.group_by_length) and padded per batch, "
+        "with no packing across examples; tokenized rows are cached by content hash",
         "tokens/s counts every token read, padding excluded (attention mask), per log step, median; "
         "the studio's runs skip evaluation and probes (data.eval_split=0, probes.prompts=[]) as the baseline has none",
     ]
