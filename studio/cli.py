@@ -19,8 +19,14 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a recipe into a run folder")
     train.add_argument("recipe", help="a recipe YAML file (see recipes/)")
-    train.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a recipe field, e.g. --set max_steps=20 --set lora.r=8")
+    train.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set max_steps=20 --set lora.r=8",
+    )
     train.add_argument("--run-dir", help="run folder (default: STUDIO_HOME/runs/<new id>)")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --run-dir")
     from studio import recipes  # light (dataclasses + yaml): every recipe field's help, written once
@@ -31,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="report format, rows, problems and token statistics")
     check.add_argument("file")
-    check.add_argument("--method", default=None,
-                       help="sft, dpo, simpo, orpo or kto (default: whatever the data fits)")
+    check.add_argument(
+        "--method", default=None, help="sft, dpo, simpo, orpo or kto (default: whatever the data fits)"
+    )
     check.add_argument("--model", default=None, help="model spec whose chat template renders the data")
     check.add_argument("--max-length", type=int, default=1024)
 

