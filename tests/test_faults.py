@@ -78,7 +78,8 @@ def test_run_outlives_a_killed_app_and_is_reattached(tiny_model, studio_home, mo
     try:
         with monkeypatch.context() as m:  # queue it only: the app's scheduler must start it
             m.setattr(runs, "schedule", lambda max_running=1: None)
-            run_id = runs.submit(RECIPE, _sets(tiny_model, 40, save_steps=1000), "sft")
+            # long enough that the run is still going when the new app starts (it must re-attach)
+            run_id = runs.submit(RECIPE, _sets(tiny_model, 300, save_steps=1000), "sft")
         deadline = time.monotonic() + 60
         while runs.get(run_id).launch.get("pid") is None and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -91,8 +92,8 @@ def test_run_outlives_a_killed_app_and_is_reattached(tiny_model, studio_home, mo
         app = AppServer(studio_home).start()
         time.sleep(3)  # a scheduler tick of the new app: it must not mark the live run dead
         assert runs.get(run_id).state == "running"
-        info = _wait(run_id, ("completed",), timeout=240)
-        assert info.status["step"] == 40
+        info = _wait(run_id, ("completed",), timeout=400)
+        assert info.status["step"] == 300
     finally:
         app.kill()
 
