@@ -45,12 +45,12 @@ def test_launch_watch_reload_restart_stop_resume(studio_home, page, tmp_path):
         page.goto(server.url)
         page.get_by_role("tab", name="Train", exact=True).click()
         page.locator("#train-model textarea").fill(str(small))
-        page.get_by_label("max_steps", exact=True).fill("120")
-        page.get_by_label("save_steps", exact=True).fill("10")
+        page.get_by_label("max_steps", exact=True).fill("200")
+        page.get_by_label("save_steps", exact=True).fill("20")
         page.get_by_role("button", name="Check recipe", exact=True).click()
         page.get_by_text("No problems found").or_(page.get_by_text("⚠").first).wait_for(timeout=60_000)
         command = page.locator(".cm-content").first.inner_text()
-        assert "python -m studio train recipes/qlora_sft.yaml" in command and "max_steps=120" in command
+        assert "python -m studio train recipes/qlora_sft.yaml" in command and "max_steps=200" in command
         screenshot(page, "train")
         page.get_by_role("button", name="Launch run", exact=True).click()
         page.get_by_text(re.compile(r"Run \*?\*?\d{8}-\d{6}-sft")).first.wait_for(timeout=30_000)
@@ -73,9 +73,9 @@ def test_launch_watch_reload_restart_stop_resume(studio_home, page, tmp_path):
 
         page.get_by_role("button", name="Stop", exact=True).click()
         stopped_at = _wait_state(page, ("stopped",), timeout=120)
-        assert stopped_at < 120
+        assert stopped_at < 200
         page.get_by_role("button", name="Resume", exact=True).click()
-        _wait_state(page, ("completed",), min_step=120, timeout=300)
+        _wait_state(page, ("completed",), min_step=200, timeout=480)
         probes = page.get_by_text("What is the capital of France?")
         probes.first.wait_for(timeout=30_000)
     finally:
