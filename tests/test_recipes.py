@@ -256,3 +256,19 @@ def test_preflight_refuses_to_overwrite_a_run(tiny_model, sft_file, tmp_path):
 def test_preflight_unknown_model(sft_file):
     problems = _preflight("lora_sft.yaml", ["model=./no/such/folder/x", f"dataset={sft_file}"])
     assert "model" in _fields(problems)
+
+
+def test_train_tab_has_one_widget_per_recipe_field():
+    """Every editable recipe field (top-level ones like `backend` too) gets exactly one widget, in
+    order, so widget values line up with fields when the tab builds `--set` overrides."""
+    import gradio as gr
+
+    from studio.ui import train_tab
+
+    with gr.Blocks() as demo:
+        train_tab.build_train_tab()
+    labels = [c.label for c in demo.blocks.values() if isinstance(c, gr.components.Component) and c.label]
+    for doc in train_tab.editable_docs():
+        assert labels.count(doc.key.split(".", 1)[-1]) >= 1, doc.key
+    values = train_tab.on_recipe("recipes/qlora_sft.yaml")
+    assert train_tab.build_sets("recipes/qlora_sft.yaml", "default", "sample:alpaca.jsonl", values) == []

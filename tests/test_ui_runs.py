@@ -49,7 +49,7 @@ def test_launch_watch_reload_restart_stop_resume(studio_home, page, tmp_path):
         page.get_by_label("save_steps", exact=True).fill("20")
         page.get_by_role("button", name="Check recipe", exact=True).click()
         page.get_by_text("No problems found").or_(page.get_by_text("⚠").first).wait_for(timeout=60_000)
-        command = page.locator(".cm-content").first.inner_text()
+        command = page.locator("#train-command .cm-content").inner_text()
         assert "python -m studio train recipes/qlora_sft.yaml" in command and "max_steps=200" in command
         screenshot(page, "train")
         page.get_by_role("button", name="Launch run", exact=True).click()

@@ -24,7 +24,7 @@ def test_two_process_run_launched_from_the_train_tab(studio_home, tiny_model, pa
         page.get_by_label("max_steps", exact=True).fill("4")
         page.get_by_label("batch_size", exact=True).fill("2")
         page.get_by_role("button", name="Check recipe", exact=True).click()
-        command = page.locator(".cm-content").first
+        command = page.locator("#train-command .cm-content")
         command.filter(has_text="accelerate launch").wait_for(timeout=60_000)
         assert "--num_processes 2" in command.inner_text()
         page.get_by_role("button", name="Launch run", exact=True).click()

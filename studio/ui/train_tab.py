@@ -242,7 +242,7 @@ def build_train_tab() -> None:
     widgets = []
     docs = list(zip(editable_docs(), initial, strict=True))
     for section in dict.fromkeys(doc.key.split(".", 1)[0] for doc, _ in docs):
-        fields = [(doc, value) for doc, value in docs if doc.key.startswith(section + ".")]
+        fields = [(doc, value) for doc, value in docs if doc.key.split(".", 1)[0] == section]
         with gr.Accordion(section.capitalize(), open=section in ("lora", "training")):
             for start in range(0, len(fields), 4):  # four fields a row keeps the tab short
                 with gr.Row():
@@ -269,7 +269,9 @@ def build_train_tab() -> None:
         bundle = gr.File(label="All files (.zip)", interactive=False)
     problems = gr.Markdown()
     mem = gr.Markdown()
-    command = gr.Code(label="Command (copy to run it from a terminal)", language="shell", lines=2)
+    command = gr.Code(
+        label="Command (copy to run it from a terminal)", language="shell", lines=2, elem_id="train-command"
+    )
     launched = gr.Markdown()
 
     top = [recipe, model, dataset, devices]
