@@ -668,7 +668,17 @@ def main(
     if main_rank:
         runfolder.update_status(folder, state=state, ended_at=_now(), exit_code=code, error=error)
     print(f"[studio] {state}" + (f": {error}" if error else ""), flush=True)
+    close_distributed()
     return code
+
+
+def close_distributed() -> None:
+    """Tear down the process group before exit: a gloo group left to the interpreter's shutdown
+    can abort a rank ("terminate called without an active exception") after training succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _guarded_run(recipe: Recipe, folder: Path, resume: bool, flag: StopFlag) -> tuple[str, str | None, int]:
