@@ -23,7 +23,7 @@ import urllib.request
 from bench.common import ROOT, Row, Section, append_results, bench_home, log, offline_env, report
 
 FIRST_TOKEN = (
-    "import time; t=time.perf_counter(); from studio.chat import ChatEngine, GenSettings; "
+    "import time; t=time.perf_counter(); from studio.chat.engine import ChatEngine, GenSettings; "
     "e=ChatEngine(); e.load('default', dtype='{dtype}'); "
     "s=e.stream([{{'role':'user','content':'What is the capital of France?'}}], None, "
     "GenSettings(temperature=0, max_new_tokens=1)); next(s); print(time.perf_counter()-t)"

@@ -71,7 +71,7 @@ def generate_once(model, tokenizer, prompt: str, max_new: int) -> tuple[dict, st
 
 def engine_once(engine, prompt: str, max_new: int, adapter=None) -> tuple[dict, str]:
     """The studio engine, greedy, no repetition penalty (the same decoding as `generate`)."""
-    from studio.chat import GenSettings
+    from studio.chat.engine import GenSettings
 
     settings = GenSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=max_new)
     start = time.perf_counter()
@@ -84,7 +84,7 @@ def engine_once(engine, prompt: str, max_new: int, adapter=None) -> tuple[dict, 
 
 def pair_once(engine, prompt: str, max_new: int, adapter: str, batched: bool) -> dict:
     """A/B throughput (tokens of both sides / wall time): one batched stream, or two in a row."""
-    from studio.chat import GenSettings
+    from studio.chat.engine import GenSettings
 
     settings = GenSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=max_new)
     messages = [{"role": "user", "content": prompt}]
@@ -229,7 +229,7 @@ def run(quick: bool) -> Section:
     import torch
 
     from studio import models
-    from studio.chat import ChatEngine
+    from studio.chat.engine import ChatEngine
 
     torch.manual_seed(0)
     prompts = PROMPTS[:1] if quick else PROMPTS

@@ -1,4 +1,4 @@
-"""Run as: python -m studio {train,data,push} ... (see `python -m studio --help`)."""
+"""Run as: python -m studio COMMAND ... (see `python -m studio --help`)."""
 
 from studio.cli import main
 

@@ -1,73 +1,41 @@
-"""The command line: every UI action has a twin here, and the UI runs exactly these commands.
+"""The command line, one registry: each command module adds its own subparser to `python -m studio`.
 
-    python -m studio train RECIPE.yaml [--set key=value ...] [--run-dir DIR] [--resume]
-    python -m studio data check FILE [--method sft|dpo|kto|...] [--model SPEC]
-    python -m studio push RUN_DIR REPO_ID [--private|--public] [--merged]
-
-Parses arguments and hands off; heavy imports happen only in the chosen command.
+Every UI action has a twin here, and the UI calls the same core function as the command.
+`python -m studio --help` lists them all; `python -m studio COMMAND --help` gives the details.
+A command module exposes `register(subparsers)`, which adds its parser(s) and sets `handler`, a
+function of the parsed arguments that returns the exit code. Registration must stay light:
+heavy imports (torch, transformers, TRL) happen inside the handlers.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
+# Each module registers its own commands, in the order `--help` lists them.
+COMMAND_MODULES = (
+    "studio.data.commands",  # data check
+    "studio.train.commands",  # train, runs, cluster
+    "studio.prefs.commands",  # votes
+    "studio.publish.commands",  # push, export
+)
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m studio", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a recipe into a run folder")
-    train.add_argument("recipe", help="a recipe YAML file (see recipes/)")
-    train.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe field, e.g. --set max_steps=20 --set lora.r=8",
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m studio",
+        description="Tune Studio from the command line: the same actions as the browser app.",
     )
-    train.add_argument("--run-dir", help="run folder (default: STUDIO_HOME/runs/<new id>)")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --run-dir")
-    from studio import recipes  # light (dataclasses + yaml): every recipe field's help, written once
-
-    train.epilog, train.formatter_class = recipes.fields_help(), argparse.RawDescriptionHelpFormatter
-
-    data = sub.add_parser("data", help="dataset tools")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    check = data_sub.add_parser("check", help="report format, rows, problems and token statistics")
-    check.add_argument("file")
-    check.add_argument(
-        "--method", default=None, help="sft, dpo, simpo, orpo or kto (default: whatever the data fits)"
-    )
-    check.add_argument("--model", default=None, help="model spec whose chat template renders the data")
-    check.add_argument("--max-length", type=int, default=1024)
-
-    push = sub.add_parser("push", help="push a completed run's adapter to the Hugging Face Hub")
-    push.add_argument("run_dir")
-    push.add_argument("repo_id")
-    vis = push.add_mutually_exclusive_group()
-    vis.add_argument("--private", dest="private", action="store_true", default=True)
-    vis.add_argument("--public", dest="private", action="store_false")
-    push.add_argument("--merged", action="store_true", help="push the merged model instead of the adapter")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "train":
-        from studio import train
-
-        return train.main(args.recipe, sets=args.sets, run_dir=args.run_dir, resume=args.resume)
-    if args.command == "data":
-        from studio.data import check
-
-        return check.main(args.file, method=args.method, model=args.model, max_length=args.max_length)
-    if args.command == "push":
-        from studio import hub
-
-        return hub.main(args.run_dir, args.repo_id, private=args.private, merged=args.merged)
-    return 2
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from studio import chat
+from studio.chat import engine as chat
 
 GREEDY = chat.GenSettings(temperature=0, max_new_tokens=12, repetition_penalty=1.0)
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
@@ -252,7 +252,7 @@ def test_adapter_names_and_checks(engine, runs, tmp_path):
 
 
 def test_adapter_for_another_base_is_refused(engine, runs, tmp_path):
-    from tinymodel import build_tiny_model
+    from tests.support.tinymodel import build_tiny_model
 
     other = make_adapter(
         build_tiny_model(tmp_path / "wide-llama", hidden=64), tmp_path / "wide-run" / "adapter"

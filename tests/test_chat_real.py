@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from studio import chat
+from studio.chat import engine as chat
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from accelerate.commands.config.config_args import ClusterConfig, load_config_fr
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils.launch import _filter_args, prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-from studio import cluster
+from studio.train import cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = "recipes/my recipes/lora sft.yaml"  # spaces on purpose
@@ -316,7 +316,7 @@ def test_write_bundle(tmp_path):
 
 def test_command_line(tmp_path):
     out = tmp_path / "bundle"
-    cmd = [sys.executable, "-m", "studio.cluster", RECIPE, "--set", "max_steps=5", "--nodes", "2",
+    cmd = [sys.executable, "-m", "studio", "cluster", RECIPE, "--set", "max_steps=5", "--nodes", "2",
            "--gpus-per-node", "2", "--job-name", "cli-job", "--out", str(out)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr

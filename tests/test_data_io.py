@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.data.io import DataFileError, read_rows
+from studio.data.files import DataFileError, read_rows
 
 BAD = Path(__file__).resolve().parent / "data_bad"
 ROW = {"instruction": "Add 2 and 2", "output": "Short answer: 4."}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from runfolder import build_run
-from tinymodel import build_tiny_model
 
-from studio import export
+from studio.publish import export
+from tests.support.runfolder import build_run
+from tests.support.tinymodel import build_tiny_model
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from studio import models
-from studio.chat import ChatEngine, GenSettings
+from studio.chat.engine import ChatEngine, GenSettings
 from studio.data import templates
 
 GREEDY = GenSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=24)

@@ -16,10 +16,11 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, AppServer
 
-from studio import runfolder, runs, workspace
+from studio import rundir, workspace
 from studio.data import store
+from studio.train import runs
+from tests.support.app import ROOT, AppServer
 
 RECIPE = "recipes/lora_sft.yaml"
 SAVE_STEPS = 5
@@ -61,7 +62,7 @@ def test_kill_9_at_random_steps_then_resume_loses_at_most_one_interval(tiny_mode
         os.killpg(runs.get(run_id).launch["pgid"], signal.SIGKILL)
         _wait(run_id, ("failed",), timeout=30)
         reached = max(runs.read_metrics(run_id)[-1].get("step", 0), target)
-        checkpoint = runfolder.last_complete_checkpoint(workspace.run_path(run_id))
+        checkpoint = rundir.last_complete_checkpoint(workspace.run_path(run_id))
         assert checkpoint is not None and checkpoint.step >= reached - SAVE_STEPS, (reached, checkpoint)
         runs.resume(run_id)
     info = _wait(run_id, ("completed",), timeout=240)
@@ -163,7 +164,7 @@ def test_full_disk_while_saving_the_adapter_fails_clearly_and_keeps_the_old_one(
                *sum((["--set", s] for s in _sets(tiny_model, 6, 2)), []), "--run-dir", str(run_dir), "--resume"]  # fmt: skip
     second = subprocess.run(patched, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 1, second.stdout[-2000:] + second.stderr[-2000:]
-    status = runfolder.read_status(run_dir)
+    status = rundir.read_status(run_dir)
     assert status["state"] == "failed"
     assert "No space left on device" in status["error"] or str(errno.ENOSPC) in status["error"]
     assert adapter.read_bytes() == weights, "the previous adapter must stay intact"
@@ -173,7 +174,7 @@ def test_full_disk_while_saving_the_adapter_fails_clearly_and_keeps_the_old_one(
 SUBMIT = """
 import sys, time
 sys.path.insert(0, {root!r})
-from studio import runs
+from studio.train import runs
 while time.time() < {at}:
     time.sleep(0.001)
 print(runs.submit({recipe!r}, {sets!r}, "sft"))

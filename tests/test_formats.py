@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from studio.data import chat_text, formats
-from studio.data.io import Row
+from studio.data.files import Row
 
 U = {"role": "user", "content": "What is the capital of France?"}
 A = {"role": "assistant", "content": "Short answer: Paris.\nWhy: It is the seat of government."}

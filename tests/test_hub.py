@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hubstub import HubStub
-from runfolder import build_run
 
-from studio import hub
+from studio.publish import hub
+from tests.support.hubstub import HubStub
+from tests.support.runfolder import build_run
 
 GOOD = "hf_writeTokenForTests0123456789abcd"
 READ_ONLY = "hf_readOnlyTokenForTests987654wxyz"

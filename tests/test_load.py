@@ -14,7 +14,8 @@ import time
 
 import psutil
 import pytest
-from conftest import ROOT, AppServer
+
+from tests.support.app import ROOT, AppServer
 
 CLIENTS = 8
 RSS_GROWTH_LIMIT = 300 * 1024 * 1024

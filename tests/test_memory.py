@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from studio import memory, recipes
+from studio.train import memory, recipes
 
 ROOT = Path(__file__).resolve().parent.parent
 GB = 1e9

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from studio import prefs, workspace
+from studio import workspace
 from studio.data import store
+from studio.prefs import store as prefs
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVO = [
@@ -257,7 +258,7 @@ def test_concurrent_threads_all_votes_land():
 CHILD = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from studio import prefs
+from studio.prefs import store as prefs
 msgs = [{{"role": "user", "content": "hi"}}]
 n = 0
 while True:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from studio import recipes
+from studio.train import recipes
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -216,7 +216,7 @@ def test_preflight_wants_a_chat_template(tiny_model_no_template, sft_file):
 
 
 def test_preflight_bf16_on_hardware_without_it(tiny_model, sft_file, monkeypatch):
-    from studio import memory
+    from studio.train import memory
 
     monkeypatch.setattr(memory, "bf16_supported", lambda: False)
     problems = _preflight("lora_sft.yaml", [f"model={tiny_model}", f"dataset={sft_file}", "bf16=true"])

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from studio import runs
+from studio.train import runs
 
 RECIPE = "recipes/lora_sft.yaml"
 

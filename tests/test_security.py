@@ -12,10 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import AppServer
 
-from studio import runs, workspace
+from studio import workspace
 from studio.data import store
+from studio.train import runs
+from tests.support.app import AppServer
 
 TOKEN = "hf_" + "Zq7" * 12  # looks like a real token, unique enough to grep for
 RECIPE = "recipes/lora_sft.yaml"

@@ -68,7 +68,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_model_64(tmp_path_factory) -> Path:
     """bitsandbytes' CPU NF4 kernel needs layers at least 64 wide (one quantization block)."""
-    from tinymodel import build_tiny_model
+    from tests.support.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny64") / "tiny-llama-64", hidden=64)
 
@@ -341,8 +341,9 @@ def test_kill_9_resume_loses_at_most_one_checkpoint_interval(tiny_model, data_di
 
 def test_the_sft_trainer_sees_exactly_tokenize_sft_output(tiny_model, data_dir, tmp_path):
     """What you preview is what you train: every batch equals the data layer's tokenize_sft."""
-    from studio import recipes, train
     from studio.data import check, templates
+    from studio.train import recipes
+    from studio.train import run as train
 
     recipe = recipes.load(
         ROOT / "recipes/lora_sft.yaml",
@@ -379,7 +380,7 @@ def test_the_sft_trainer_sees_exactly_tokenize_sft_output(tiny_model, data_dir, 
 def test_pad_token_is_never_eos(tiny_model):
     from transformers import AutoTokenizer
 
-    from studio import train
+    from studio.train import run as train
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     tok.pad_token = tok.eos_token

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from studio import memory, recipes, train, workspace
+from studio import workspace
 from studio.data import check, templates
+from studio.train import memory, recipes
+from studio.train import run as train
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = 96  # Trainer sorts megabatches of min(rows // (4 x batch), 50) batches: 8 here

@@ -10,11 +10,12 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, AppServer, screenshot
 from playwright.sync_api import expect
-from tinymodel import build_tiny_model
 
-from studio import prefs, runs
+from studio.prefs import store as prefs
+from studio.train import runs
+from tests.support.app import ROOT, AppServer, screenshot
+from tests.support.tinymodel import build_tiny_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

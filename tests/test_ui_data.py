@@ -7,7 +7,8 @@ import json
 import shutil
 
 import pytest
-from conftest import AppServer, screenshot
+
+from tests.support.app import AppServer, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

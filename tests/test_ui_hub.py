@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import AppServer, screenshot
-from hubstub import HubStub
 from playwright.sync_api import expect
-from runfolder import build_run
 
 from studio.ui import hub_tab
+from tests.support.app import AppServer, screenshot
+from tests.support.hubstub import HubStub
+from tests.support.runfolder import build_run
 
 GOOD = "hf_uiWriteTokenForTests0123456789wxyz"
 BAD = "hf_uiNotARealToken00000000000000qqqq"

@@ -7,8 +7,9 @@ import re
 import time
 
 import pytest
-from conftest import AppServer, screenshot
-from tinymodel import build_tiny_model
+
+from tests.support.app import AppServer, screenshot
+from tests.support.tinymodel import build_tiny_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

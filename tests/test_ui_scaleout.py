@@ -7,7 +7,8 @@ import json
 import time
 
 import pytest
-from conftest import AppServer
+
+from tests.support.app import AppServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

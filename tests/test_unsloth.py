@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from studio import recipes
+from studio.train import recipes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def test_unsloth_path_attaches_lora_once_and_trains(tiny_model, tmp_path, monkey
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from studio import train
+    from studio.train import run as train
 
     calls: dict = {}
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.data import formats
-from studio.data.io import DEFAULT_MAX_BYTES, Problem, read_rows
+from studio.data.files import DEFAULT_MAX_BYTES, Problem, read_rows
 
 SHOWN_PROBLEMS = 10
 CHUNK_ROWS = 20_000  # rows normalized at a time by `scan` (bounds the CLI's memory)
@@ -197,8 +197,15 @@ def _no_rows(file: str, rows_read: int) -> Problem:
     )
 
 
-def main(file: str, method: str | None = None, model: str | None = None, max_length: int = 1024) -> int:
-    """`python -m studio data check`: print the report; exit 0 when the data is usable, else 1."""
+def main(
+    file: str,
+    method: str | None = None,
+    model: str | None = None,
+    max_length: int = 1024,
+    allow_errors: bool = False,
+) -> int:
+    """`python -m studio data check`: print the report; exit 0 when every row is usable (warnings
+    allowed), 1 when any row has an error, unless `allow_errors` and some rows are usable."""
     try:
         report = scan(file, method=method)
     except (ValueError, OSError) as exc:
@@ -215,7 +222,16 @@ def main(file: str, method: str | None = None, model: str | None = None, max_len
         except (ValueError, OSError) as exc:
             print(f"error: token statistics: {exc}", file=sys.stderr)
             return 1
-    return 0 if report.usable else 1
+    if not report.usable:
+        return 1
+    if report.errors and not allow_errors:
+        print(
+            f"{report.errors} {_plural(report.errors, 'row error')}: fix them, or pass --allow-errors to "
+            "train on the usable rows only",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _token_summary(report: Report, model: str, max_length: int) -> str:

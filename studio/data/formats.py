@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from studio.data import chat_text, fields
-from studio.data.io import Problem, Row
+from studio.data.files import Problem, Row
 
 FORMAT_NAMES = {
     "alpaca": "Alpaca",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio import runs, workspace
+from studio import workspace
+from studio.train import runs
 from studio.ui.chat_tab import build_chat_tab
 from studio.ui.data_tab import build_data_tab
 from studio.ui.hub_tab import build_hub_tab

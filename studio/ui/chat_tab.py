@@ -15,7 +15,9 @@ import uuid
 
 import gradio as gr
 
-from studio import chat, prefs, runs
+from studio.chat import engine as chat
+from studio.prefs import store as prefs
+from studio.train import runs
 
 BASE_CHOICE = ("base model (no adapter)", "base")
 

@@ -15,7 +15,9 @@ import os
 
 import gradio as gr
 
-from studio import card, export, hub, runs, workspace
+from studio import workspace
+from studio.publish import card, export, hub
+from studio.train import runs
 
 ADAPTER, MERGED = "adapter", "merged model"
 NO_RUNS = "No completed run with an adapter yet: train one in the Train tab, then press ↻."

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from studio import runs
+from studio.train import runs
 from studio.ui import common
 
 POLL_S = 2.0

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio import cluster, memory, models, recipes, runs, workspace
+from studio import models, workspace
 from studio.data import store
+from studio.train import cluster, memory, recipes, runs
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
 TOP_KEYS = ("method", "model", "dataset")  # chosen at the top of the tab

@@ -6,7 +6,8 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from studio import prefs, workspace
+from studio import workspace
+from studio.prefs import store as prefs
 
 COLUMNS = ["id", "time", "verdict", "left model", "right model", "prompt", "edited"]
 

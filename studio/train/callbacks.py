@@ -1,48 +1,25 @@
-"""The run folder as the trainer writes it: status.json, metrics.jsonl, train.log, checkpoints, probes.
-
-Holds the trainer callback that turns log events into metrics lines, a stop request into a
-checkpoint, and a non-finite loss into a failed run. Knows the folder layout of DESIGN.md and the
-transformers callback API; knows nothing about TRL, recipes or the UI.
+"""The trainer's side of the run folder: the callback that turns log events into metrics lines,
+a stop request into a checkpoint and a non-finite loss into a failed run; the log tee; the run
+folder that several ranks agree on. Knows the transformers callback API; knows nothing about TRL,
+recipes or the UI. Every file it writes goes through `studio.rundir`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from studio import workspace
+from studio import rundir
 
 _SUMMARY_KEY = "train_loss"  # only the end-of-training summary has it
 _NOISE = ("train_runtime", "train_tokens_per_second", "num_input_tokens_seen")  # cumulative, and per-method
-
-
-def update_status(run_dir: Path, **fields) -> dict:
-    """Merge `fields` into status.json (atomically), keeping what other writers put there."""
-    path = Path(run_dir) / "status.json"
-    try:
-        status = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        status = {}
-    status.update(fields)
-    workspace.atomic_write_json(path, status)
-    return status
-
-
-def read_status(run_dir: Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 class _Tee(io.TextIOBase):
@@ -104,87 +81,6 @@ def agree_on_run_dir(given: Path | None, make_default: Callable[[], Path]) -> Pa
     return Path(names[0])
 
 
-# ---------------------------------------------------------------- checkpoints and metrics
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    path: Path
-    step: int
-
-
-def _is_complete(path: Path) -> bool:
-    # trainer_state.json is written last, after weights, optimizer, scheduler and RNG state
-    try:
-        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (path / "optimizer.pt").is_file() and (path / "scheduler.pt").is_file()
-
-
-def checkpoints(run_dir: Path) -> list[Checkpoint]:
-    """Every checkpoint-N folder, oldest first, complete or not."""
-    found = []
-    for path in (Path(run_dir) / "checkpoints").glob("checkpoint-*"):
-        suffix = path.name.removeprefix("checkpoint-")
-        if path.is_dir() and suffix.isdigit():
-            found.append(Checkpoint(path, int(suffix)))
-    return sorted(found, key=lambda c: c.step)
-
-
-def last_complete_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest checkpoint that was fully written (a kill mid-save leaves a partial one)."""
-    complete = [c for c in checkpoints(run_dir) if _is_complete(c.path)]
-    return complete[-1] if complete else None
-
-
-def discard_partial_checkpoints(run_dir: Path) -> list[Path]:
-    """Delete checkpoints a kill left half-written, so nothing resumes from or rotates them."""
-    removed = []
-    for ckpt in checkpoints(run_dir):
-        if not _is_complete(ckpt.path):
-            shutil.rmtree(ckpt.path, ignore_errors=True)
-            removed.append(ckpt.path)
-    return removed
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut by a kill
-    return rows
-
-
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metric lines past `step`, so a resumed run logs no step twice."""
-    kept = [row for row in read_metrics(run_dir) if int(row.get("step", 0)) <= step]
-    text = "".join(json.dumps(row) + "\n" for row in kept)
-    workspace.atomic_write_text(Path(run_dir) / "metrics.jsonl", text)
-
-
-def write_probes(run_dir: Path, prompts: list[str], before: list[str], after: list[str]) -> None:
-    workspace.atomic_write_json(
-        Path(run_dir) / "probes.json", {"prompts": prompts, "before": before, "after": after}
-    )
-
-
-def oom_message(run_dir: Path) -> str:
-    estimate = read_status(run_dir).get("memory_estimate_gb")
-    guess = f" (the estimate for this recipe was {estimate} GB)" if estimate else ""
-    return (
-        f"out of memory{guess}: use QLoRA (quantization.load_in_4bit=true), a smaller training.batch_size "
-        "or data.max_length, or training.gradient_checkpointing=true"
-    )
-
-
-# ---------------------------------------------------------------- the callback
-
-
 class TokenCounter:
     """Wraps a data collator and counts the real (unpadded) tokens of every batch it builds.
 
@@ -221,7 +117,7 @@ class RunCallback(TrainerCallback):
         self._last_tokens = self._tokens()
         self._last_time = time.monotonic()
         if self.is_main:
-            update_status(self.run_dir, step=state.global_step, max_steps=state.max_steps)
+            rundir.update_status(self.run_dir, step=state.global_step, max_steps=state.max_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
         if _any_rank(self.flag.raised):
@@ -231,13 +127,13 @@ class RunCallback(TrainerCallback):
         now = time.monotonic()
         if self.is_main and now - self._last_status > 2.0:
             self._last_status = now
-            update_status(self.run_dir, step=state.global_step, max_steps=state.max_steps)
+            rundir.update_status(self.run_dir, step=state.global_step, max_steps=state.max_steps)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
         if _SUMMARY_KEY in logs:
             if self.is_main:
-                update_status(self.run_dir, summary={k: v for k, v in logs.items() if _number(v)})
+                rundir.update_status(self.run_dir, summary={k: v for k, v in logs.items() if _number(v)})
             return
         bad = [k for k in ("loss", "grad_norm", "eval_loss") if k in logs and not _finite(logs[k])]
         if bad:
@@ -265,10 +161,8 @@ class RunCallback(TrainerCallback):
             # tokens read since the previous log line, over the wall time since then
             row["tokens_per_second"] = round((tokens - self._last_tokens) / (now - self._last_time), 2)
             self._last_tokens, self._last_time = tokens, now
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(_finite_json(row)) + "\n")
-            fh.flush()
-        update_status(self.run_dir, step=state.global_step, max_steps=state.max_steps)
+        rundir.append_metrics(self.run_dir, _finite_json(row))
+        rundir.update_status(self.run_dir, step=state.global_step, max_steps=state.max_steps)
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("time",))
         print(f"[studio] {shown}", flush=True)
 

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from transformers import PrinterCallback
 
-from studio import memory, models, recipes, runfolder, workspace
-from studio.recipes import Recipe
+from studio import models, rundir, workspace
+from studio.train import callbacks, memory, recipes
+from studio.train.recipes import Recipe
 
 
 @dataclass
@@ -490,11 +491,11 @@ def run(recipe: Recipe, run_dir: Path, resume: bool, flag: StopFlag) -> tuple[st
     for note in plan.notes:
         print(f"[studio] {note}", flush=True)
     if main and plan.estimate is not None:
-        runfolder.update_status(run_dir, memory_estimate_gb=round(plan.estimate.total_gb, 3))
+        rundir.update_status(run_dir, memory_estimate_gb=round(plan.estimate.total_gb, 3))
     rss_before = _rss()
-    watcher = runfolder.RunCallback(run_dir, flag, is_main=main)
+    watcher = callbacks.RunCallback(run_dir, flag, is_main=main)
     trainer, tokenizer, plan = prepare(recipe, run_dir, [watcher], plan)
-    watcher.counter = trainer.data_collator = runfolder.TokenCounter(trainer.data_collator)
+    watcher.counter = trainer.data_collator = callbacks.TokenCounter(trainer.data_collator)
     if main and plan.estimate is not None and recipe.method == "sft":
         longest = max(len(ids) for ids in trainer.train_dataset["input_ids"])  # batches pad to their longest
         estimate = memory.estimate_memory(
@@ -504,16 +505,16 @@ def run(recipe: Recipe, run_dir: Path, resume: bool, flag: StopFlag) -> tuple[st
             bf16=plan.bf16,
             seq_length=min(longest, recipe.data.max_length),
         )
-        runfolder.update_status(run_dir, memory_estimate_gb=round(estimate.total_gb, 3))
-    checkpoint = runfolder.last_complete_checkpoint(run_dir) if resume else None
+        rundir.update_status(run_dir, memory_estimate_gb=round(estimate.total_gb, 3))
+    checkpoint = rundir.last_complete_checkpoint(run_dir) if resume else None
     if main:
         if resume:
-            for path in runfolder.discard_partial_checkpoints(run_dir):
+            for path in rundir.discard_partial_checkpoints(run_dir):
                 print(f"[studio] ignoring the half-written {path.name}", flush=True)
-            runfolder.truncate_metrics(run_dir, checkpoint.step if checkpoint else 0)
+            rundir.truncate_metrics(run_dir, checkpoint.step if checkpoint else 0)
         if recipe.probes.prompts and not (run_dir / "probes.json").is_file():
             before = answer(trainer.model, tokenizer, recipe.probes.prompts, recipe.probes.max_new_tokens)
-            runfolder.write_probes(run_dir, recipe.probes.prompts, before, [])
+            rundir.write_probes(run_dir, recipe.probes.prompts, before, [])
     if flag.raised:
         return "stopped", None
     print(
@@ -523,7 +524,7 @@ def run(recipe: Recipe, run_dir: Path, resume: bool, flag: StopFlag) -> tuple[st
     )
     trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
     if main:  # measured next to the estimate, so both can be compared after the run
-        runfolder.update_status(run_dir, peak_memory_gb=round(_peak_memory(rss_before) / memory.GB, 3))
+        rundir.update_status(run_dir, peak_memory_gb=round(_peak_memory(rss_before) / memory.GB, 3))
     if watcher.error:
         return "failed", watcher.error
     if flag.raised:
@@ -532,7 +533,7 @@ def run(recipe: Recipe, run_dir: Path, resume: bool, flag: StopFlag) -> tuple[st
     if main and recipe.probes.prompts:
         after = answer(trainer.model, tokenizer, recipe.probes.prompts, recipe.probes.max_new_tokens)
         probes = json.loads((run_dir / "probes.json").read_text(encoding="utf-8"))
-        runfolder.write_probes(run_dir, recipe.probes.prompts, probes["before"], after)
+        rundir.write_probes(run_dir, recipe.probes.prompts, probes["before"], after)
     return "completed", None
 
 
@@ -638,7 +639,7 @@ def main(
         recipe = recipes.load(recipe_path, sets or [])
     except ValueError as exc:
         return _refuse(Path(run_dir) if run_dir else None, str(exc), main_rank)
-    folder = runfolder.agree_on_run_dir(Path(run_dir) if run_dir else None, lambda: default_run_dir(recipe))
+    folder = callbacks.agree_on_run_dir(Path(run_dir) if run_dir else None, lambda: default_run_dir(recipe))
     if resume and run_dir is None:
         return _refuse(None, "--resume needs --run-dir: the folder of the run to continue", main_rank)
     # Only rank 0 judges the run folder: the other ranks would find the recipe.yaml it just wrote.
@@ -650,9 +651,9 @@ def main(
         return _refuse(folder, "\n".join(str(p) for p in errors), main_rank)
     folder.mkdir(parents=True, exist_ok=True)
     if main_rank:
-        runfolder.tee_output(folder / "train.log")
+        callbacks.tee_output(folder / "train.log")
         workspace.atomic_write_text(folder / "recipe.yaml", recipes.to_yaml(recipe))
-        runfolder.update_status(
+        rundir.update_status(
             folder,
             state="running",
             pid=os.getpid(),
@@ -666,7 +667,7 @@ def main(
     print(f"[studio] run folder: {folder}", flush=True)
     state, error, code = _guarded_run(recipe, folder, resume, flag)
     if main_rank:
-        runfolder.update_status(folder, state=state, ended_at=_now(), exit_code=code, error=error)
+        rundir.update_status(folder, state=state, ended_at=_now(), exit_code=code, error=error)
     print(f"[studio] {state}" + (f": {error}" if error else ""), flush=True)
     close_distributed()
     return code
@@ -685,11 +686,11 @@ def _guarded_run(recipe: Recipe, folder: Path, resume: bool, flag: StopFlag) -> 
     try:
         state, error = run(recipe, folder, resume, flag)
     except MemoryError:
-        return "failed", runfolder.oom_message(folder), 1
+        return "failed", rundir.oom_message(folder), 1
     except Exception as exc:  # the run's status must say why, whatever broke
         traceback.print_exc()
         if type(exc).__name__ == "OutOfMemoryError":
-            return "failed", runfolder.oom_message(folder), 1
+            return "failed", rundir.oom_message(folder), 1
         return "failed", f"{type(exc).__name__}: {exc}", 1
     return state, error, (1 if state == "failed" else 0)
 
@@ -697,7 +698,7 @@ def _guarded_run(recipe: Recipe, folder: Path, resume: bool, flag: StopFlag) -> 
 def _refuse(folder: Path | None, message: str, main_rank: bool) -> int:
     print(f"[studio] cannot start: {message}", file=sys.stderr, flush=True)
     if folder is not None and main_rank and folder.is_dir():
-        runfolder.update_status(folder, state="failed", ended_at=_now(), exit_code=2, error=message)
+        rundir.update_status(folder, state="failed", ended_at=_now(), exit_code=2, error=message)
     return 2
 
 

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from studio import card, export, models, workspace
+from studio import models, workspace
+from studio.publish import card, export
 
 TOKENS_URL = "https://huggingface.co/settings/tokens"
 _MAX_REPO_ID = 96

@@ -564,7 +564,7 @@ def _backend_problems(recipe: Recipe) -> list[Problem]:
 
 
 def _hardware_problems(recipe: Recipe) -> list[Problem]:
-    from studio import memory
+    from studio.train import memory
 
     backend = _backend_problems(recipe)
     if backend:
@@ -685,11 +685,11 @@ def _round_up(n: int) -> int:
 
 def run_dir_problems(run_dir: Path, resume: bool) -> list[Problem]:
     """A new run must not overwrite another; a resumed one needs a complete checkpoint."""
-    from studio import runfolder
+    from studio import rundir
 
     run_dir = Path(run_dir)
     if resume:
-        if runfolder.last_complete_checkpoint(run_dir) is None:
+        if rundir.last_complete_checkpoint(run_dir) is None:
             return [
                 Problem(
                     "run_dir",
@@ -698,7 +698,7 @@ def run_dir_problems(run_dir: Path, resume: bool) -> list[Problem]:
                 )
             ]
         return []
-    state = runfolder.read_status(run_dir).get("state")
+    state = rundir.read_status(run_dir).get("state")
     used = [
         name
         for name in ("metrics.jsonl", "checkpoints", "adapter", "recipe.yaml")
@@ -732,7 +732,8 @@ def preflight(recipe: Recipe, run_dir: Path | None = None, resume: bool = False)
 
 
 def _memory_problems(recipe: Recipe) -> list[Problem]:
-    from studio import memory, models
+    from studio import models
+    from studio.train import memory
 
     try:
         estimate = memory.estimate_memory(models.info(recipe.model), recipe)

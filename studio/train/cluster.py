@@ -9,15 +9,13 @@ shell is quoted with `shlex.quote`, and every input is checked first (ValueError
 Knows nothing about Gradio, training or the recipe's fields: the recipe is a path and the overrides
 are passed through as they are (the Train tab runs the recipe's own checks before exporting).
 
-Run as: python -m studio.cluster RECIPE.yaml --nodes 2 --gpus-per-node 8 --job-name NAME --out DIR
+Run as: python -m studio cluster RECIPE.yaml --nodes 2 --gpus-per-node 8 --job-name NAME --out DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -379,31 +377,3 @@ def write_bundle(out_dir: str | Path, job: ClusterJob) -> list[Path]:
         if path.suffix in (".sbatch", ".sh"):
             path.chmod(0o755)
     return list(files)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studio.cluster", description=__doc__.split("\n")[0])
-    parser.add_argument("recipe")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--nodes", type=int, default=2)
-    parser.add_argument("--gpus-per-node", type=int, default=8)
-    parser.add_argument("--strategy", choices=STRATEGIES, default="ddp")
-    parser.add_argument("--job-name", default="studio-train")
-    parser.add_argument("--studio-home", help="STUDIO_HOME on shared storage (absolute path)")
-    parser.add_argument("--time", dest="time_limit", default="24:00:00")
-    parser.add_argument("--partition")
-    parser.add_argument("--account")
-    parser.add_argument("--out", required=True, help="folder to write the files into")
-    args = parser.parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k != "out"}
-    try:
-        written = write_bundle(args.out, ClusterJob(**{**options, "sets": tuple(args.sets)}))
-    except ValueError as exc:
-        parser.error(str(exc))
-    for path in written:
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

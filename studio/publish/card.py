@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from studio import models
-from studio.export import RunFolder, is_four_bit
+from studio.publish.export import RunFolder, is_four_bit
 
 CURVE_NAME = "loss_curve.png"
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -1,0 +1,142 @@
+"""`python -m studio train | runs | cluster`: the Train and Runs tabs' actions on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_train(sub)
+    _register_runs(sub)
+    _register_cluster(sub)
+
+
+def _add_sets(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set max_steps=20 --set lora.r=8",
+    )
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    from studio.train import recipes  # light (dataclasses + yaml): every recipe field's help, written once
+
+    train = sub.add_parser(
+        "train",
+        help="train a recipe into a run folder (in this terminal)",
+        epilog=recipes.fields_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("recipe", help="a recipe YAML file (see recipes/)")
+    _add_sets(train)
+    train.add_argument("--run-dir", help="run folder (default: STUDIO_HOME/runs/<new id>)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last checkpoint in --run-dir (from step 0 when it has none)",
+    )
+    train.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from studio.train import run
+
+    return run.main(args.recipe, sets=args.sets, run_dir=args.run_dir, resume=args.resume)
+
+
+def _register_runs(sub: argparse._SubParsersAction) -> None:
+    runs = sub.add_parser("runs", help="list, queue, stop, resume, duplicate or delete runs (the Runs tab)")
+    actions = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    actions.add_parser("list", help="every run, newest first: id, state, step, method, model, data")
+    submit = actions.add_parser("submit", help="queue a recipe as a new run and start it in the background")
+    submit.add_argument("recipe")
+    _add_sets(submit)
+    submit.add_argument("--devices", type=int, default=1, help="processes (GPUs) to train on")
+    for name, text in (
+        ("stop", "stop a run: it saves a checkpoint and exits"),
+        ("resume", "continue a stopped or failed run (from step 0 if it stopped before a checkpoint)"),
+        ("duplicate", "queue a new run with the same recipe and settings"),
+        ("delete", "delete a finished run's folder"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("run_id")
+        if name == "delete":
+            action.add_argument("--yes", action="store_true", help="confirm: the folder is deleted for good")
+    runs.set_defaults(handler=_runs)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from studio.train import runs
+
+    try:
+        if args.runs_command == "list":
+            for info in runs.list_runs():
+                step = f"{info.status.get('step', 0)}/{info.status.get('max_steps', '?')}"
+                print(
+                    f"{info.run_id}  {info.state:<9} {step:>9}  {info.method}  {info.model}  {info.dataset}"
+                )
+            return 0
+        if args.runs_command == "submit":
+            from studio.train import recipes
+
+            method = recipes.load(args.recipe, args.sets).method
+            run_id = runs.submit(args.recipe, args.sets, method, num_processes=args.devices)
+            runs.schedule()
+            print(run_id)
+            return 0
+        if args.runs_command == "delete" and not args.yes:
+            print(f"deleting {args.run_id} removes its adapter and checkpoints: add --yes", file=sys.stderr)
+            return 1
+        if args.runs_command == "duplicate":
+            print(runs.duplicate(args.run_id))
+            runs.schedule()
+            return 0
+        {"stop": runs.stop, "resume": runs.resume, "delete": runs.delete}[args.runs_command](args.run_id)
+        if args.runs_command == "resume":
+            runs.schedule()
+        print(f"{args.runs_command}: {args.run_id}")
+        return 0
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _register_cluster(sub: argparse._SubParsersAction) -> None:
+    from studio.train.cluster import STRATEGIES
+
+    parser = sub.add_parser(
+        "cluster",
+        help="write the files that run a recipe on a GPU cluster (accelerate config, SLURM, torchrun)",
+    )
+    parser.add_argument("recipe")
+    _add_sets(parser)
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--strategy", choices=STRATEGIES, default="ddp")
+    parser.add_argument("--job-name", default="studio-train")
+    parser.add_argument("--studio-home", help="STUDIO_HOME on shared storage (absolute path)")
+    parser.add_argument("--time", dest="time_limit", default="24:00:00")
+    parser.add_argument("--partition")
+    parser.add_argument("--account")
+    parser.add_argument("--out", required=True, help="folder to write the files into")
+    parser.set_defaults(handler=_cluster)
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from studio.train.cluster import ClusterJob, write_bundle
+
+    fields = ("recipe", "nodes", "gpus_per_node", "strategy", "job_name", "studio_home", "time_limit")
+    options = {name: getattr(args, name) for name in (*fields, "partition", "account")}
+    try:
+        written = write_bundle(args.out, ClusterJob(**options, sets=tuple(args.sets)))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
