@@ -1,37 +1,149 @@
 """THE run-folder contract: every file of `STUDIO_HOME/runs/<run_id>/` is read and written here.
 
-status.json, metrics.jsonl, probes.json, launch.json, recipe.yaml, train.log, checkpoints/ and
-adapter/ (docs/ARCHITECTURE.md lists their keys). Readers are tolerant of a torn last line the
-same way everywhere. Imports no torch or transformers: the app and the run queue use it.
+recipe.yaml, launch.json, status.json, metrics.jsonl, probes.json, train.log, checkpoints/ and
+adapter/ (docs/ARCHITECTURE.md lists their keys). Every reader is tolerant in one way: a missing
+or unreadable file reads as empty, a torn last line of metrics.jsonl (a kill mid-write) is
+skipped. Run ids are made here and nowhere else. Imports no torch or transformers: the app and
+the run queue use it.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from studio import workspace
 
+RECIPE, LAUNCH, STATUS, METRICS, PROBES, LOG = (
+    "recipe.yaml",
+    "launch.json",
+    "status.json",
+    "metrics.jsonl",
+    "probes.json",
+    "train.log",
+)
 
-def update_status(run_dir: Path, **fields) -> dict:
-    """Merge `fields` into status.json (atomically), keeping what other writers put there."""
-    path = Path(run_dir) / "status.json"
+
+# ---------------------------------------------------------------- run ids and folders
+
+
+def new_run_id(method: str, model: str = "") -> str:
+    """`<date>-<time>-<method>[-<model>]`, unused in STUDIO_HOME/runs (not yet claimed).
+
+    >>> new_run_id("sft").split("-")[2]
+    'sft'
+    """
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    short = Path(model).name.replace("_", "-")[:24] if model else ""
+    base = workspace.check_name("-".join(part for part in (stamp, method, short) if part), "run id")
+    run_id, n = base, 1
+    while workspace.run_path(run_id).exists():
+        n += 1
+        run_id = f"{base}-{n}"
+    return run_id
+
+
+def claim_run_dir(method: str, model: str = "") -> Path:
+    """Create a new run folder atomically: two launches in the same second get different ids."""
+    for _ in range(1000):
+        path = workspace.run_path(new_run_id(method, model))
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return path
+    raise ValueError(f"could not create a new run folder in {workspace.runs_dir()}")
+
+
+def find(run: str | Path) -> Path:
+    """A run folder from a path or a run id under STUDIO_HOME/runs/."""
+    path = Path(run).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    candidate = workspace.runs_dir() / str(run)
+    if str(run) and "/" not in str(run) and candidate.is_dir():
+        return candidate
+    raise ValueError(
+        f"run {str(run)!r} not found: give a run folder or an id listed in {workspace.runs_dir()}"
+    )
+
+
+# ---------------------------------------------------------------- the JSON and YAML records
+
+
+def _read_json(path: Path) -> dict:
     try:
-        status = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        status = {}
-    status.update(fields)
-    workspace.atomic_write_json(path, status)
-    return status
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_status(run_dir: Path) -> dict:
+    """status.json: state, pid, started_at, ended_at, exit_code, error, step, max_steps, ..."""
+    return _read_json(Path(run_dir) / STATUS)
+
+
+def write_status(run_dir: Path, status: dict) -> None:
+    workspace.atomic_write_json(Path(run_dir) / STATUS, status)
+
+
+def update_status(run_dir: Path, **fields) -> dict:
+    """Merge `fields` into status.json (atomically), keeping what other writers put there."""
+    status = {**read_status(run_dir), **fields}
+    write_status(run_dir, status)
+    return status
+
+
+def read_launch(run_dir: Path) -> dict:
+    """launch.json: how the studio queued the run (recipe, sets, method, num_processes, resume,
+    created_at) and, once spawned, the process identity (argv, pid, pgid, pid_created)."""
+    return _read_json(Path(run_dir) / LAUNCH)
+
+
+def write_launch(run_dir: Path, launch: dict) -> None:
+    workspace.atomic_write_json(Path(run_dir) / LAUNCH, launch)
+
+
+def read_probes(run_dir: Path) -> dict:
+    """probes.json: {"prompts": [...], "before": [...], "after": [...]} (empty until written)."""
+    return _read_json(Path(run_dir) / PROBES)
+
+
+def write_probes(run_dir: Path, prompts: list[str], before: list[str], after: list[str]) -> None:
+    workspace.atomic_write_json(
+        Path(run_dir) / PROBES, {"prompts": prompts, "before": before, "after": after}
+    )
+
+
+def read_recipe(run_dir: Path) -> dict:
+    """recipe.yaml as a plain dict (the trainer writes the fully resolved recipe before training)."""
+    import yaml
+
     try:
-        return json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = yaml.safe_load((Path(run_dir) / RECIPE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_recipe(run_dir: Path, text: str) -> None:
+    workspace.atomic_write_text(Path(run_dir) / RECIPE, text)
+
+
+def log_tail(run_dir: Path, lines: int = 40) -> str:
+    """The last `lines` lines of train.log (read from its last 64 kB)."""
+    path = Path(run_dir) / LOG
+    if not path.is_file():
+        return ""
+    with path.open("rb") as fh:
+        fh.seek(max(path.stat().st_size - 64_000, 0))
+        text = fh.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
 
 
 # ---------------------------------------------------------------- checkpoints and metrics
@@ -78,21 +190,79 @@ def discard_partial_checkpoints(run_dir: Path) -> list[Path]:
     return removed
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+def _parse_metrics(data: bytes) -> list[dict]:
     rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut by a kill
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl as a list of rows: step, epoch, loss, eval_loss, learning_rate, grad_norm,
+    tokens_per_second and the method's own metrics (rewards/margins, ...)."""
+    path = Path(run_dir) / METRICS
+    try:
+        return _parse_metrics(path.read_bytes())
+    except OSError:
+        return []
+
+
+class MetricsFollower:
+    """Reads only what metrics.jsonl gained since the last call (the Runs tab polls every tick).
+
+    A line counts once it ends with a newline, so a line being written is read next time. If the
+    file shrank (a resumed run truncates it past its checkpoint), it is read again from the start.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / METRICS
+        self.rows: list[dict] = []
+        self._offset = 0
+        self._lock = threading.Lock()  # the app's handlers poll from several threads
+
+    def poll(self) -> list[dict]:
+        """Every row so far (a copy; only the bytes added since the last call were read)."""
+        with self._lock:
+            self._read_new()
+            return list(self.rows)
+
+    def _read_new(self) -> None:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            size = 0
+        if size < self._offset:
+            self.rows, self._offset = [], 0
+        if size > self._offset:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read(size - self._offset)
+            complete = data[: data.rfind(b"\n") + 1]
+            self.rows.extend(_parse_metrics(complete))
+            self._offset += len(complete)
+
+
+_followers: dict[Path, MetricsFollower] = {}
+
+
+def follow_metrics(run_dir: Path) -> list[dict]:
+    """`read_metrics` for a process that asks again and again (the app): each call reads only
+    what the file gained since the previous one."""
+    key = Path(run_dir).resolve()
+    follower = _followers.get(key)
+    if follower is None:
+        follower = _followers.setdefault(key, MetricsFollower(key))
+    return follower.poll()
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:
     """Add one line to metrics.jsonl (the trainer's callback is its only writer)."""
-    with open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8") as fh:
+    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(row) + "\n")
         fh.flush()
 
@@ -101,13 +271,7 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     """Drop metric lines past `step`, so a resumed run logs no step twice."""
     kept = [row for row in read_metrics(run_dir) if int(row.get("step", 0)) <= step]
     text = "".join(json.dumps(row) + "\n" for row in kept)
-    workspace.atomic_write_text(Path(run_dir) / "metrics.jsonl", text)
-
-
-def write_probes(run_dir: Path, prompts: list[str], before: list[str], after: list[str]) -> None:
-    workspace.atomic_write_json(
-        Path(run_dir) / "probes.json", {"prompts": prompts, "before": before, "after": after}
-    )
+    workspace.atomic_write_text(Path(run_dir) / METRICS, text)
 
 
 def oom_message(run_dir: Path) -> str:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from studio import cli
 from studio.data import check, templates
-from studio.train import recipes
+from studio.train import preflight, recipes
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "bad_corpus"
@@ -28,8 +28,8 @@ PARTLY_USABLE = {"truncated_line.jsonl", "truncated_string.jsonl", "ragged.csv",
 PLACE = re.compile(r"(line|item|row) \d+")
 
 
-def _check_cli(path: Path, capsys) -> tuple[int, str]:
-    code = cli.main(["data", "check", str(path)])
+def _check_cli(path: Path, capsys, *flags: str) -> tuple[int, str]:
+    code = cli.main(["data", "check", str(path), *flags])
     out = capsys.readouterr()
     return code, out.out + out.err
 
@@ -44,7 +44,11 @@ def test_bad_dataset_names_file_and_place(path, capsys):
     assert "Traceback" not in text
     assert path.name in text
     if path.name in PARTLY_USABLE:
-        assert code == 0 and re.search(rf"{re.escape(path.name)} (line|item) \d+", text), text
+        # a script must be able to tell: any row error exits 1, unless --allow-errors
+        assert code == 1 and re.search(rf"{re.escape(path.name)} (line|item) \d+", text), text
+        assert "--allow-errors" in text
+        allowed, _ = _check_cli(path, capsys, "--allow-errors")
+        assert allowed == 0
         return
     assert code == 1, text
     file_error = text.startswith(f"error: {path.name}")
@@ -152,7 +156,7 @@ def test_bad_recipe_names_file_or_field(path):
         message = str(exc)
         assert str(path) in message and re.search(r"line \d+|must be a mapping", message), message
         return
-    errors = [p for p in recipes.config_problems(recipe) if p.severity == "error"]
+    errors = [p for p in preflight.config_problems(recipe) if p.severity == "error"]
     assert errors, f"{path.name} was accepted"
     assert all(re.match(r"[a-z_]+\.[a-z_0-9]+$", p.field) for p in errors)
     assert all(p.fix for p in errors)
@@ -211,5 +215,5 @@ def test_any_learning_rate_is_accepted_only_in_range(value):
         assert "training.learning_rate" in str(exc)
         return
     lr = recipe.training.learning_rate
-    errors = [p for p in recipes.config_problems(recipe) if p.field == "training.learning_rate"]
+    errors = [p for p in preflight.config_problems(recipe) if p.field == "training.learning_rate"]
     assert bool(errors) == (not (0 < lr <= 1)), (value, errors)

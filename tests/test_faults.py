@@ -42,7 +42,7 @@ def _wait(run_id: str, states: tuple[str, ...], timeout: float = 150.0, min_step
             break
         time.sleep(0.1)
     raise AssertionError(
-        f"{run_id} is {info.state} at step {info.status.get('step')}:\n{runs.log_tail(run_id)}"
+        f"{run_id} is {info.state} at step {info.status.get('step')}:\n{rundir.log_tail(workspace.run_path(run_id))}"
     )
 
 
@@ -61,7 +61,7 @@ def test_kill_9_at_random_steps_then_resume_loses_at_most_one_interval(tiny_mode
         _wait(run_id, ("running",), min_step=target)
         os.killpg(runs.get(run_id).launch["pgid"], signal.SIGKILL)
         _wait(run_id, ("failed",), timeout=30)
-        reached = max(runs.read_metrics(run_id)[-1].get("step", 0), target)
+        reached = max(rundir.read_metrics(workspace.run_path(run_id))[-1].get("step", 0), target)
         checkpoint = rundir.last_complete_checkpoint(workspace.run_path(run_id))
         assert checkpoint is not None and checkpoint.step >= reached - SAVE_STEPS, (reached, checkpoint)
         runs.resume(run_id)
@@ -199,7 +199,7 @@ def test_two_launches_at_the_same_instant_queue_never_both_running(tiny_model, s
             if states == ["completed", "completed"]:
                 break
             time.sleep(0.1)
-        assert states == ["completed", "completed"], [runs.log_tail(i) for i in ids]
+        assert states == ["completed", "completed"], [rundir.log_tail(workspace.run_path(i)) for i in ids]
         assert most == 1, "two runs were active at once"
         first, second = sorted((runs.get(i) for i in ids), key=lambda r: r.status["started_at"])
         assert second.status["started_at"] >= first.status["ended_at"]

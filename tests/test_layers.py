@@ -23,6 +23,8 @@ LAYERS: dict[str, int] = {
     "studio.train.preflight": 3,
     "studio.train.cluster": 3,
     "studio.train.callbacks": 3,
+    "studio.train.setup": 3,
+    "studio.train.tokenized": 3,
     "studio.chat": 3,
     "studio.prefs": 3,
     "studio.train.run": 4,
@@ -49,8 +51,10 @@ def _module(path: Path) -> str:
 
 def _layer(module: str) -> int | None:
     best = None
-    for prefix, layer in LAYERS.items():
-        if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > len(best)):
+    for prefix in LAYERS:
+        if (module == prefix or module.startswith(prefix + ".")) and (
+            best is None or len(prefix) > len(best)
+        ):
             best = prefix
     return LAYERS[best] if best else None
 
@@ -105,7 +109,8 @@ def test_gradio_only_in_ui():
     offenders = [
         m
         for m, p in _modules()
-        if not m.startswith("studio.ui") and any(n == "gradio" or n.startswith("gradio.") for n in _imports(p))
+        if not m.startswith("studio.ui")
+        and any(n == "gradio" or n.startswith("gradio.") for n in _imports(p))
     ]
     assert not offenders, f"gradio imported outside studio/ui/: {offenders}"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from studio.train import recipes
+from studio.train import preflight, recipes
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -49,7 +49,7 @@ def test_shortcuts_work_for_every_recipe(path, tmp_path):
         f"{tmp_path}/d.jsonl",
         7,
     )
-    assert not recipes.config_problems(recipe), recipes.config_problems(recipe)
+    assert not preflight.config_problems(recipe), preflight.config_problems(recipe)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -119,7 +119,7 @@ def test_set_values_are_yaml_scalars_checked_against_the_field():
         ("lora.r=2.5", "expected int"),
         ("bf16=maybe", "true, false or auto"),
         ("method=ppo", "not one of"),
-        ("lora.use_dora=3", "expected bool"),
+        ("lora.use_dora=3", "expected true or false"),
         ("noequals", "KEY=VALUE"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -162,7 +162,7 @@ def sft_file(tmp_path) -> Path:
 
 
 def _preflight(recipe_file: str, sets: list[str], **kw):
-    return recipes.preflight(recipes.load(ROOT / "recipes" / recipe_file, sets), **kw)
+    return preflight.preflight(recipes.load(ROOT / "recipes" / recipe_file, sets), **kw)
 
 
 def _fields(problems, severity="error"):
@@ -249,8 +249,17 @@ def test_preflight_refuses_to_overwrite_a_run(tiny_model, sft_file, tmp_path):
     assert "run_dir" not in _fields(_preflight("lora_sft.yaml", sets, run_dir=run))
     (run / "metrics.jsonl").write_text('{"step": 1}\n')
     assert "run_dir" in _fields(_preflight("lora_sft.yaml", sets, run_dir=run))
-    resume = _preflight("lora_sft.yaml", sets, run_dir=run, resume=True)
-    assert any("no complete checkpoint" in p.message for p in resume)
+    resume = [p for p in _preflight("lora_sft.yaml", sets, run_dir=run, resume=True) if p.field == "run_dir"]
+    # stopped before its first checkpoint: resume starts it again from step 0, in the same folder
+    assert [(p.severity, p.message) for p in resume] == [
+        ("info", "stopped before the first checkpoint — nothing to resume")
+    ]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = [
+        p for p in _preflight("lora_sft.yaml", sets, run_dir=empty, resume=True) if p.field == "run_dir"
+    ]
+    assert refused and refused[0].severity == "error" and "holds no run to resume" in refused[0].message
 
 
 def test_preflight_unknown_model(sft_file):

@@ -10,6 +10,7 @@ import time
 import psutil
 import pytest
 
+from studio import rundir, workspace
 from studio.train import runs
 
 RECIPE = "recipes/lora_sft.yaml"
@@ -34,7 +35,7 @@ def _wait(run_id: str, states: tuple[str, ...], timeout: float = 120.0, min_step
             return info
         time.sleep(0.5)
     raise AssertionError(
-        f"{run_id} stayed {info.state} (step {info.status.get('step')}):\n{runs.log_tail(run_id)}"
+        f"{run_id} stayed {info.state} (step {info.status.get('step')}):\n{rundir.log_tail(workspace.run_path(run_id))}"
     )
 
 
@@ -57,6 +58,7 @@ def test_two_launches_queue_in_order_never_both_running(tiny_model):
     seen_both = False
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
+        runs.schedule()  # what the app's scheduler thread does every 2 s
         states = {r.run_id: r.state for r in runs.list_runs()}
         active = [r for r, s in states.items() if s in ("starting", "running", "stopping")]
         seen_both |= len(active) > 1
@@ -64,10 +66,24 @@ def test_two_launches_queue_in_order_never_both_running(tiny_model):
             break
         time.sleep(0.3)
     a, b = runs.get(first), runs.get(second)
-    assert (a.state, b.state) == ("completed", "completed"), runs.log_tail(second)
+    assert (a.state, b.state) == ("completed", "completed"), rundir.log_tail(workspace.run_path(second))
     assert not seen_both
     assert b.status["started_at"] >= a.status["ended_at"]
     assert (b.path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_listing_runs_only_reads(tiny_model):
+    """The Runs tab lists runs every tick: listing must never start a queued run."""
+    run_id = runs.submit(RECIPE, _sets(tiny_model, 2), "sft")
+    runs.stop(run_id)  # a queued run stops at once; queue another behind nothing
+    other = runs.duplicate(run_id)
+    for _ in range(3):
+        listed = {r.run_id: r.state for r in runs.list_runs()}
+    assert listed[other] == "queued" and "pid" not in runs.get(other).launch
+    runs.schedule()
+    assert runs.get(other).state in ("starting", "running") and runs.get(other).launch["pid"]
+    runs.stop(other)
+    _wait(other, ("stopped", "completed"))
 
 
 def test_stop_checkpoints_leaves_no_process_and_resume_completes(tiny_model):
@@ -88,7 +104,7 @@ def test_stop_checkpoints_leaves_no_process_and_resume_completes(tiny_model):
     _wait(run_id, ("running",), min_step=stopped_at + 1)
     runs.stop(run_id, grace_s=60)
     _wait(run_id, ("stopped",), timeout=90)
-    steps = [row["step"] for row in runs.read_metrics(run_id) if "loss" in row]
+    steps = [row["step"] for row in rundir.read_metrics(workspace.run_path(run_id)) if "loss" in row]
     assert steps == sorted(set(steps)), "a resumed run must not repeat steps in metrics.jsonl"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from studio import workspace
+from studio import rundir, workspace
 from studio.data import store
 from studio.train import runs
 from tests.support.app import AppServer
@@ -110,7 +110,7 @@ def test_token_in_no_file_log_or_argv_of_a_run(tiny_model, monkeypatch, studio_h
         if info.state in ("completed", "failed"):
             break
         time.sleep(0.3)
-    assert info.state == "completed", runs.log_tail(run_id)
+    assert info.state == "completed", rundir.log_tail(workspace.run_path(run_id))
     assert seen_argv
     scanned = 0
     for path in studio_home.rglob("*"):

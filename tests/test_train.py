@@ -380,16 +380,16 @@ def test_the_sft_trainer_sees_exactly_tokenize_sft_output(tiny_model, data_dir, 
 def test_pad_token_is_never_eos(tiny_model):
     from transformers import AutoTokenizer
 
-    from studio.train import run as train
+    from studio.train import setup
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     tok.pad_token = tok.eos_token
-    assert train.pick_pad_token(tok) == ("<|endoftext|>", False)
+    assert setup.pick_pad_token(tok) == ("<|endoftext|>", False)
     tok.pad_token = None
-    assert train.pick_pad_token(tok) == ("<|endoftext|>", False)
+    assert setup.pick_pad_token(tok) == ("<|endoftext|>", False)
     tok.chat_template = "{{ '<|endoftext|>' }}" + tok.chat_template  # now in use by the template
     tok.pad_token = tok.eos_token
-    assert train.pick_pad_token(tok) == ("<|pad|>", True)
+    assert setup.pick_pad_token(tok) == ("<|pad|>", True)
 
 
 # ---------------------------------------------------------------- slow: the real default model, two processes

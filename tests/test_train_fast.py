@@ -14,7 +14,7 @@ import pytest
 
 from studio import workspace
 from studio.data import check, templates
-from studio.train import memory, recipes
+from studio.train import memory, recipes, setup, tokenized
 from studio.train import run as train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,10 +52,10 @@ def _rows(dataset) -> list[tuple[list[int], list[int]]]:
 
 def test_chunked_tokenization_equals_one_record_at_a_time(tiny_model, sft_file, monkeypatch):
     recipe = _recipe(tiny_model, sft_file, "data.max_length=24")
-    tokenizer, _ = train.setup_tokenizer(recipe)
+    tokenizer, _ = setup.setup_tokenizer(recipe)
     records = list(check.load(sft_file, method="sft").records)
-    monkeypatch.setattr(train, "SFT_CHUNK", 40)  # 96 records: three chunks, the last one short
-    rows = train.sft_rows(records, tokenizer, recipe)
+    monkeypatch.setattr(tokenized, "SFT_CHUNK", 40)  # 96 records: three chunks, the last one short
+    rows = tokenized.sft_rows(records, tokenizer, recipe)
     expected = []
     for rec in records:
         tok = templates.tokenize_sft(rec, tokenizer, max_length=24, template=None, train_on="assistant")
@@ -74,8 +74,8 @@ def _cache_files() -> list[Path]:
 
 def test_second_run_reads_the_tokenized_cache(tiny_model, sft_file, monkeypatch, capsys):
     recipe = _recipe(tiny_model, sft_file, "data.eval_split=0.25")
-    tokenizer, _ = train.setup_tokenizer(recipe)
-    first_train, first_eval = train.build_datasets(recipe, tokenizer)
+    tokenizer, _ = setup.setup_tokenizer(recipe)
+    first_train, first_eval = tokenized.build_datasets(recipe, tokenizer)
     assert len(_cache_files()) == 1
     assert "from cache" not in capsys.readouterr().out
 
@@ -83,23 +83,23 @@ def test_second_run_reads_the_tokenized_cache(tiny_model, sft_file, monkeypatch,
         raise AssertionError("tokenized again although the cache holds these rows")
 
     monkeypatch.setattr(templates, "tokenize_sft_batch", refuse)
-    tokenizer, _ = train.setup_tokenizer(recipe)  # a fresh tokenizer, as a second run loads
-    second_train, second_eval = train.build_datasets(recipe, tokenizer)
+    tokenizer, _ = setup.setup_tokenizer(recipe)  # a fresh tokenizer, as a second run loads
+    second_train, second_eval = tokenized.build_datasets(recipe, tokenizer)
     assert "[studio] tokenized data from cache" in capsys.readouterr().out
     assert _rows(second_train) == _rows(first_train) and _rows(second_eval) == _rows(first_eval)
 
 
 def test_a_changed_dataset_misses_the_cache(tiny_model, sft_file, monkeypatch):
     recipe = _recipe(tiny_model, sft_file)
-    tokenizer, _ = train.setup_tokenizer(recipe)
-    train.build_datasets(recipe, tokenizer)
+    tokenizer, _ = setup.setup_tokenizer(recipe)
+    tokenized.build_datasets(recipe, tokenizer)
     lines = sft_file.read_text().splitlines()
     lines[3] = json.dumps({"instruction": "the sea", "output": "paris is the capital of france"})
     sft_file.write_text("\n".join(lines) + "\n")
     calls = []
     real = templates.tokenize_sft_batch
     monkeypatch.setattr(templates, "tokenize_sft_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
-    ds, _ = train.build_datasets(recipe, tokenizer)
+    ds, _ = tokenized.build_datasets(recipe, tokenizer)
     assert calls, "a changed row must be tokenized again"
     assert len(_cache_files()) == 2
     assert any(tokenizer.decode(ids).count("paris is the capital of france") for ids, _ in _rows(ds))
@@ -119,14 +119,14 @@ def test_a_changed_dataset_misses_the_cache(tiny_model, sft_file, monkeypatch):
 def test_every_input_of_the_tokenized_rows_is_in_the_cache_key(tiny_model, sft_file, change):
     def key(*sets: str, touch_tokenizer: bool = False) -> str:
         recipe = _recipe(tiny_model, sft_file, *sets)
-        tokenizer, _ = train.setup_tokenizer(recipe)
+        tokenizer, _ = setup.setup_tokenizer(recipe)
         if touch_tokenizer:
             tokenizer.add_special_tokens({"additional_special_tokens": ["<|tool|>"]})
-        records = train.load_records(recipe)
+        records = tokenized.load_records(recipe)
         import random
 
         random.Random(recipe.training.seed).shuffle(records)
-        return train.tokenized_key(records, tokenizer, recipe)
+        return tokenized.tokenized_key(records, tokenizer, recipe)
 
     base = key()
     assert key() == base, "the same inputs must give the same key"
@@ -136,11 +136,11 @@ def test_every_input_of_the_tokenized_rows_is_in_the_cache_key(tiny_model, sft_f
 
 def test_an_unreadable_cache_file_is_tokenized_again(tiny_model, sft_file):
     recipe = _recipe(tiny_model, sft_file)
-    tokenizer, _ = train.setup_tokenizer(recipe)
-    first, _ = train.build_datasets(recipe, tokenizer)
+    tokenizer, _ = setup.setup_tokenizer(recipe)
+    first, _ = tokenized.build_datasets(recipe, tokenizer)
     (path,) = _cache_files()
     path.write_text('{"input_ids": [1, 2')  # what a full disk or a hand edit could leave
-    again, _ = train.build_datasets(recipe, tokenizer)
+    again, _ = tokenized.build_datasets(recipe, tokenizer)
     assert _rows(again) == _rows(first)
     assert json.loads(path.read_text().splitlines()[0])["input_ids"] == first[0]["input_ids"]
 
@@ -217,12 +217,12 @@ def test_auto_gradient_checkpointing_only_when_memory_is_tight(verdict, expected
         return _estimate(verdict)
 
     monkeypatch.setattr(memory, "estimate_memory", fake)
-    plan = train.make_plan(recipes.Recipe(), model_info=object())
+    plan = setup.make_plan(recipes.Recipe(), model_info=object())
     assert plan.gradient_checkpointing is expected
     assert seen[0] is False  # judged without checkpointing first
-    assert train.make_plan(recipes.Recipe(), model_info=None).gradient_checkpointing is False
+    assert setup.make_plan(recipes.Recipe(), model_info=None).gradient_checkpointing is False
     forced = recipes.load(ROOT / "recipes/lora_sft.yaml", ["gradient_checkpointing=true"])
-    assert train.make_plan(forced, model_info=object()).gradient_checkpointing is True
+    assert setup.make_plan(forced, model_info=object()).gradient_checkpointing is True
 
 
 @pytest.mark.parametrize(
@@ -244,4 +244,4 @@ def test_auto_bf16_means_bf16_where_the_hardware_has_it_else_fp32(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(memory, "bf16_supported", lambda: supported)
     recipe = recipes.load(ROOT / "recipes/lora_sft.yaml", [f"bf16={setting}"])
-    assert train.make_plan(recipe).bf16 is expected
+    assert setup.make_plan(recipe).bf16 is expected

@@ -12,6 +12,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
+from studio import rundir, workspace
 from studio.prefs import store as prefs
 from studio.train import runs
 from tests.support.app import ROOT, AppServer, screenshot
@@ -115,7 +116,8 @@ def test_chat_ab_vote_edit_export_and_dpo_run(studio_home, page, tmp_path):
     run_id = runs.submit(str(ROOT / "recipes" / "dpo.yaml"), sets, "dpo")
     deadline = time.monotonic() + 150
     while (state := runs.get(run_id).state) not in ("completed", "failed", "stopped"):
+        runs.schedule()  # the app that would schedule it was stopped above
         assert time.monotonic() < deadline, f"DPO run stuck in {state}"
         time.sleep(1)
-    assert state == "completed", runs.log_tail(run_id)
+    assert state == "completed", rundir.log_tail(workspace.run_path(run_id))
     assert (runs.get(run_id).path / "adapter" / "adapter_config.json").is_file()

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from studio.train import recipes
+from studio.train import preflight, recipes
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_preflight_names_why_unsloth_cannot_run_here(tiny_model):
     recipe = recipes.load(ROOT / "recipes/lora_sft.yaml", [f"model={tiny_model}", "backend=unsloth"])
-    problems = [p for p in recipes.preflight(recipe) if p.field == "backend"]
+    problems = [p for p in preflight.preflight(recipe) if p.field == "backend"]
     assert len(problems) == 1 and problems[0].severity == "error"
     assert "backend: transformers" in problems[0].fix
     assert "unsloth package is not installed" in problems[0].message or "NVIDIA GPU" in problems[0].message
@@ -86,7 +86,7 @@ def test_unsloth_path_attaches_lora_once_and_trains(tiny_model, tmp_path, monkey
             return get_peft_model(model, config)
 
     monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
-    monkeypatch.setattr(recipes, "unsloth_unavailable", lambda: None)
+    monkeypatch.setattr(preflight, "unsloth_unavailable", lambda: None)
     recipe = recipes.load(
         ROOT / "recipes/lora_sft.yaml",
         [

@@ -13,9 +13,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from studio import models, workspace
+from studio import models, rundir, workspace
 
 # What a published adapter or model consists of. Everything else in a run (checkpoints, optimizer
 # state, pickles, logs, the recipe) stays home: an allowlist cannot leak a file nobody thought of.
@@ -68,64 +66,19 @@ class RunFolder:
 
 def find_run(run: str | Path) -> Path:
     """A run folder from a path or a run id under STUDIO_HOME/runs/."""
-    path = Path(run).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    candidate = workspace.runs_dir() / str(run)
-    if str(run) and "/" not in str(run) and candidate.is_dir():
-        return candidate
-    raise ValueError(
-        f"run {str(run)!r} not found: give a run folder or an id listed in {workspace.runs_dir()}"
-    )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{path} line {exc.lineno}: not valid JSON ({exc.msg}) — the run folder is damaged"
-        ) from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    rows: list[dict] = []
-    if not path.is_file():
-        return rows
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            # A run killed mid-write leaves a torn last line; the curve is still worth showing.
-            continue
-        if isinstance(row, dict):
-            row.setdefault("_line", number)
-            rows.append(row)
-    return rows
+    return rundir.find(run)
 
 
 def load_run(run: str | Path) -> RunFolder:
     """Read recipe, status, metrics and probes of a run; tolerant of missing optional parts."""
-    path = find_run(run)
-    folder = RunFolder(path=path)
-    recipe_path = path / "recipe.yaml"
-    if recipe_path.is_file():
-        try:
-            recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{recipe_path}: not valid YAML ({exc}) — the run folder is damaged") from exc
-        folder.recipe = recipe if isinstance(recipe, dict) else {}
-    if (path / "status.json").is_file():
-        folder.status = _read_json(path / "status.json")
-    folder.metrics = _read_metrics(path / "metrics.jsonl")
-    if (path / "probes.json").is_file():
-        folder.probes = _read_json(path / "probes.json")
-    return folder
+    path = rundir.find(run)
+    return RunFolder(
+        path=path,
+        recipe=rundir.read_recipe(path),
+        status=rundir.read_status(path),
+        metrics=rundir.read_metrics(path),
+        probes=rundir.read_probes(path) or None,
+    )
 
 
 def require_completed(run: RunFolder) -> None:

@@ -212,7 +212,9 @@ def estimate_memory(
     """
     shape = shape_of(model_info_or_config)
     if bf16 is None:
-        bf16 = bf16_supported() if recipe.training.bf16 == "auto" else bool(recipe.training.bf16)
+        from studio.train.recipes import decide
+
+        bf16 = decide(recipe.training.bf16, bf16_supported)
     if gradient_checkpointing is None:
         gradient_checkpointing = recipe.training.gradient_checkpointing is True
     kind = "cuda"

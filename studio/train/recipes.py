@@ -4,16 +4,14 @@ A recipe is a small dataclass tree. Every field carries its help text once, in
 `field(metadata={"help": ...})`, which both `python -m studio train --help` and the UI's tooltips
 show. YAML is read with `yaml.safe_load` only and no field names code to import, so a recipe edited
 in a browser cannot run anything. Unknown keys are errors that name the closest valid key.
-
-`preflight` checks a recipe before any weights load: the recipe alone, then the hardware, the
-tokenizer and config, the dataset, and the run folder. Knows nothing about TRL or the UI.
+Knows nothing about models, data, TRL or the UI; `studio.train.preflight` checks a recipe against
+those before any weights load.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import types
 import typing
@@ -23,6 +21,8 @@ from pathlib import Path
 import yaml
 
 METHODS = ("sft", "dpo", "simpo", "orpo", "kto")
+AUTO = "auto"
+AutoBool = bool | typing.Literal["auto"]  # true, false, or "auto": decided against the machine at run time
 BACKENDS = ("transformers", "unsloth")
 DEFAULT_BETA = {"sft": 0.1, "dpo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -122,8 +122,8 @@ class TrainingSection:
     neftune_alpha: float | None = _f(
         None, "NEFTune: noise added to embeddings during SFT (5 is typical; empty: off)."
     )
-    bf16: bool | str = _f("auto", "bfloat16 compute: 'auto' uses it where the hardware has it, else fp32.")
-    gradient_checkpointing: bool | str = _f(
+    bf16: AutoBool = _f("auto", "bfloat16 compute: 'auto' uses it where the hardware has it, else fp32.")
+    gradient_checkpointing: AutoBool = _f(
         "auto", "Recompute activations to save memory (~40% slower); 'auto' turns it on when memory is tight."
     )
     group_by_length: bool = _f(
@@ -178,6 +178,7 @@ class FieldDoc:
     default: object
     help: str
     choices: tuple | None
+    auto: bool = False  # true, false or "auto" (see `decide`)
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,21 @@ def field_docs() -> list[FieldDoc]:
 def _doc(key: str, f: dataclasses.Field, hint, instance) -> FieldDoc:
     name = key.rsplit(".", 1)[-1]
     type_name = str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-    return FieldDoc(key, type_name, getattr(instance, name), f.metadata["help"], f.metadata.get("choices"))
+    auto = hint == AutoBool
+    if auto:
+        type_name = "bool | auto"
+    return FieldDoc(
+        key, type_name, getattr(instance, name), f.metadata["help"], f.metadata.get("choices"), auto
+    )
+
+
+def decide(value: bool | str, when_auto: typing.Callable[[], bool]) -> bool:
+    """Resolve an `AutoBool` field: its own value, or `when_auto()` for "auto".
+
+    >>> decide("auto", lambda: True), decide(False, lambda: True)
+    (True, False)
+    """
+    return when_auto() if value == AUTO else bool(value)
 
 
 def field_help(key: str) -> str:
@@ -302,13 +317,25 @@ def _coerce(value, hint, where: str):
             return float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
         if option is str and isinstance(value, str):
             return value
+        if typing.get_origin(option) is typing.Literal and value in typing.get_args(option):
+            return value
         if typing.get_origin(option) is list:
             if isinstance(value, str):
                 value = [part.strip() for part in value.split(",") if part.strip()]
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return list(value)
-    allowed = " or ".join("empty" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    allowed = " or ".join(_option_name(o) for o in options)
     raise ValueError(f"{where}: {value!r} is not a valid value — expected {allowed}")
+
+
+def _option_name(option) -> str:
+    if option is type(None):
+        return "empty"
+    if option is bool:
+        return "true or false"
+    if typing.get_origin(option) is typing.Literal:
+        return " or ".join(map(str, typing.get_args(option)))
+    return getattr(option, "__name__", str(option))
 
 
 def _check_choice(value, f: dataclasses.Field, where: str) -> None:
@@ -316,8 +343,6 @@ def _check_choice(value, f: dataclasses.Field, where: str) -> None:
     if choices and value not in choices:
         shown = ", ".join("empty" if c is None else str(c) for c in choices)
         raise ValueError(f"{where}: {value!r} is not one of {shown}")
-    if f.name in ("bf16", "gradient_checkpointing") and isinstance(value, str) and value != "auto":
-        raise ValueError(f"{where}: {value!r} must be true, false or auto")
 
 
 def _build(cls, data: dict, prefix: str, source: str, lines: dict[str, int | str]):
@@ -431,321 +456,3 @@ def to_dict(recipe: Recipe) -> dict:
 def to_yaml(recipe: Recipe) -> str:
     """The fully resolved recipe as YAML (what a run folder's recipe.yaml holds)."""
     return yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True)
-
-
-# ---------------------------------------------------------------- preflight: before any weights load
-
-
-def config_problems(recipe: Recipe) -> list[Problem]:
-    """Cross-field checks of the recipe alone."""
-    out = []
-    q, lo, t = recipe.quantization, recipe.lora, recipe.training
-    if q.load_in_4bit and q.load_in_8bit:
-        out.append(
-            Problem(
-                "quantization.load_in_8bit",
-                "4-bit and 8-bit loading are both on",
-                "choose one: set quantization.load_in_8bit=false for QLoRA",
-            )
-        )
-    if (q.load_in_4bit or q.load_in_8bit) and not lo.enabled:
-        out.append(
-            Problem(
-                "lora.enabled",
-                "a quantized model cannot be fully fine-tuned",
-                "set lora.enabled=true, or turn quantization off for a full fine-tune",
-            )
-        )
-    if lo.enabled and lo.alpha < lo.r:
-        out.append(
-            Problem(
-                "lora.alpha",
-                f"alpha {lo.alpha} is below the rank {lo.r}: the update is scaled down and learns slowly",
-                f"set lora.alpha={2 * lo.r} (2 x rank)",
-                "warning",
-            )
-        )
-    if lo.enabled and (lo.r < 1 or not lo.targets):
-        out.append(
-            Problem(
-                "lora.r",
-                "LoRA needs a rank of at least 1 and one target layer",
-                "set lora.r=16 and lora.targets to the projections",
-            )
-        )
-    if not 0.0 <= recipe.data.eval_split < 0.5:
-        out.append(
-            Problem(
-                "data.eval_split",
-                f"{recipe.data.eval_split} is not a fraction below 0.5",
-                "use 0 (no evaluation) or e.g. 0.1",
-            )
-        )
-    if t.max_steps <= 0 and t.epochs <= 0:
-        out.append(
-            Problem(
-                "training.max_steps",
-                "neither max_steps nor epochs is positive",
-                "set training.max_steps=N or training.epochs=1",
-            )
-        )
-    for name in ("batch_size", "grad_accum", "save_steps", "logging_steps", "eval_steps", "num_processes"):
-        if getattr(t, name) < 1:
-            out.append(Problem(f"training.{name}", "must be at least 1", f"set training.{name}=1 or more"))
-    if recipe.data.max_length < 16:
-        out.append(
-            Problem("data.max_length", "is too short to hold a prompt and an answer", "use 256 or more")
-        )
-    if recipe.method == "kto" and t.batch_size < 2:
-        out.append(
-            Problem(
-                "training.batch_size",
-                "KTO compares each example with others in its batch",
-                "set training.batch_size=2 or more",
-            )
-        )
-    if t.neftune_alpha is not None and recipe.method != "sft":
-        out.append(Problem("training.neftune_alpha", "NEFTune is meant for SFT", "leave it empty", "warning"))
-    return out + _range_problems(recipe)
-
-
-# (field, lowest, highest, lowest allowed itself?, fix): numbers the trainer would accept but misuse
-_RANGES = (
-    ("training.learning_rate", 0.0, 1.0, False, "use e.g. 2e-4 for LoRA or 1e-5 for a full fine-tune"),
-    ("training.warmup_ratio", 0.0, float("inf"), True, "use a fraction such as 0.05, or a step count"),
-    ("training.weight_decay", 0.0, 1.0, True, "use 0 or e.g. 0.01"),
-    ("training.max_grad_norm", 0.0, float("inf"), True, "use 1.0"),
-    ("lora.dropout", 0.0, 0.99, True, "use 0.05 (or 0 for none)"),
-    ("lora.r", 0, 4096, True, "ranks of 8-64 suit almost every task; use lora.r=16"),
-    ("preference.beta", 0.0, float("inf"), False, "use 0.1 (DPO) or 2.0 (SimPO)"),
-)
-
-
-def _range_problems(recipe: Recipe) -> list[Problem]:
-    """NaN, infinity and out-of-range numbers, each named with the fix."""
-    out = []
-    for key, low, high, low_ok, fix in _RANGES:
-        section, name = key.split(".")
-        value = getattr(getattr(recipe, section), name)
-        if key == "lora.r" and not recipe.lora.enabled:
-            continue
-        above = value > low if not low_ok else value >= low
-        if not (math.isfinite(value) and above and value <= high):
-            bound = f"{'at least' if low_ok else 'above'} {low:g}" + (
-                f" and at most {high:g}" if math.isfinite(high) else ""
-            )
-            out.append(Problem(key, f"{value!r} is out of range: it must be {bound}", fix))
-    return out
-
-
-def unsloth_unavailable() -> str | None:
-    """Why the Unsloth backend cannot run here, or None when it can."""
-    import importlib.util
-
-    if importlib.util.find_spec("unsloth") is None:
-        return "the unsloth package is not installed (pip install unsloth, on a machine with an NVIDIA GPU)"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "Unsloth runs only on an NVIDIA GPU with CUDA, and none is visible here"
-    return None
-
-
-def _backend_problems(recipe: Recipe) -> list[Problem]:
-    if recipe.backend != "unsloth":
-        return []
-    fix = "set backend: transformers (same recipe, same results, slower on a GPU)"
-    reason = unsloth_unavailable()
-    if reason:
-        return [Problem("backend", f"backend unsloth cannot run: {reason}", fix)]
-    if not recipe.lora.enabled or recipe.training.num_processes > 1:
-        return [Problem("backend", "the Unsloth backend trains LoRA / QLoRA on one GPU only", fix)]
-    return []
-
-
-def _hardware_problems(recipe: Recipe) -> list[Problem]:
-    from studio.train import memory
-
-    backend = _backend_problems(recipe)
-    if backend:
-        return backend
-    if recipe.training.bf16 is True and not memory.bf16_supported():
-        return [
-            Problem(
-                "training.bf16",
-                "bf16 is asked for but this machine cannot compute in bfloat16",
-                "set training.bf16=auto (fp32 here) or false",
-            )
-        ]
-    return []
-
-
-def _tokenizer_problems(recipe: Recipe) -> tuple[object | None, list[Problem]]:
-    from studio import models
-    from studio.data import templates
-
-    try:
-        tokenizer = models.load_tokenizer(recipe.model)
-    except ValueError as exc:
-        return None, [
-            Problem("model", str(exc), "choose 'default', a local model folder, or a cached Hub id")
-        ]
-    out = []
-    eos, pad = tokenizer.eos_token, tokenizer.pad_token
-    if pad is None or pad == eos:
-        what = "has no pad token" if pad is None else f"pads with its end-of-sequence token {eos}"
-        out.append(
-            Problem(
-                "model",
-                f"the tokenizer {what}",
-                "nothing to do: train pads with an unused special "
-                "token (or adds one) so the model still learns to stop",
-                "info",
-            )
-        )
-    try:
-        templates.ensure_chat_template(tokenizer, recipe.data.chat_template)
-    except ValueError as exc:
-        out.append(
-            Problem("data.chat_template", str(exc), "set data.chat_template=chatml (or llama3, alpaca)")
-        )
-        return None, out
-    return tokenizer, out
-
-
-def _dataset_problems(recipe: Recipe) -> tuple[list[dict], str, list[Problem]]:
-    from studio.data import check, formats, store
-
-    try:
-        report = check.load(
-            store.resolve(recipe.dataset), method=recipe.method, max_rows=recipe.data.max_rows
-        )
-    except ValueError as exc:
-        return [], "", [Problem("dataset", str(exc), "choose a saved dataset, a sample, or a readable file")]
-    want = formats.kind_for_method(recipe.method)
-    records = list(report.records)
-    fits = report.kind == want or (recipe.method == "kto" and report.kind == "preference")
-    if not fits or not records:
-        first = (
-            "; ".join(str(p) for p in report.problems[:3]) or f"it holds {report.kind or 'no usable'} data"
-        )
-        return (
-            [],
-            "",
-            [
-                Problem(
-                    "dataset",
-                    f"{recipe.dataset} does not fit {recipe.method.upper()}: {first}",
-                    f"use a {want} dataset (e.g. {_sample_for(want)}) or another method",
-                )
-            ],
-        )
-    return records, report.kind, []
-
-
-def _sample_for(kind: str) -> str:
-    return {"sft": "sample:alpaca.jsonl", "preference": "sample:dpo.jsonl", "kto": "sample:kto.jsonl"}[kind]
-
-
-def _length_problems(recipe: Recipe, tokenizer, records: list[dict], kind: str) -> list[Problem]:
-    from studio.data import stats
-
-    sample = records[:200]
-    measured = stats.token_stats(sample, tokenizer, recipe.data.max_length, recipe.data.chat_template, kind)
-    if not measured.count:
-        return []
-    share = measured.over_max / measured.count
-    lengths = sorted(measured.total_lengths)
-    median = lengths[len(lengths) // 2]
-    if share > 0.5:
-        return [
-            Problem(
-                "data.max_length",
-                f"{recipe.data.max_length} tokens is shorter than most examples "
-                f"({share:.0%} are longer; median {median})",
-                f"set data.max_length={_round_up(median * 2)}",
-            )
-        ]
-    if measured.dropped:
-        return [
-            Problem(
-                "data.max_length",
-                f"{measured.dropped} of {measured.count} examples lose their whole "
-                "answer at this length and are skipped",
-                f"set data.max_length={_round_up(lengths[-1])}",
-                "warning",
-            )
-        ]
-    return []
-
-
-def _round_up(n: int) -> int:
-    return max(64, 1 << max(n - 1, 1).bit_length())
-
-
-def run_dir_problems(run_dir: Path, resume: bool) -> list[Problem]:
-    """A new run must not overwrite another; a resumed one needs a complete checkpoint."""
-    from studio import rundir
-
-    run_dir = Path(run_dir)
-    if resume:
-        if rundir.last_complete_checkpoint(run_dir) is None:
-            return [
-                Problem(
-                    "run_dir",
-                    f"{run_dir} has no complete checkpoint to resume from",
-                    "start it again without --resume, in a new folder",
-                )
-            ]
-        return []
-    state = rundir.read_status(run_dir).get("state")
-    used = [
-        name
-        for name in ("metrics.jsonl", "checkpoints", "adapter", "recipe.yaml")
-        if (run_dir / name).exists()
-    ]
-    if used or state not in (None, "queued", "starting"):
-        return [
-            Problem(
-                "run_dir",
-                f"{run_dir} already holds a run ({', '.join(used) or state})",
-                "choose a new --run-dir, or add --resume to continue that run",
-            )
-        ]
-    return []
-
-
-def preflight(recipe: Recipe, run_dir: Path | None = None, resume: bool = False) -> list[Problem]:
-    """Every problem found before loading weights (configs, tokenizer, dataset, run folder only)."""
-    problems = config_problems(recipe) + _hardware_problems(recipe)
-    tokenizer, found = _tokenizer_problems(recipe)
-    problems += found
-    records, kind, found = _dataset_problems(recipe)
-    problems += found
-    if tokenizer is not None and records:
-        problems += _length_problems(recipe, tokenizer, records, kind)
-    if run_dir is not None:
-        problems += run_dir_problems(run_dir, resume)
-    if not any(p.field == "model" and p.severity == "error" for p in problems):
-        problems += _memory_problems(recipe)
-    return problems
-
-
-def _memory_problems(recipe: Recipe) -> list[Problem]:
-    from studio import models
-    from studio.train import memory
-
-    try:
-        estimate = memory.estimate_memory(models.info(recipe.model), recipe)
-    except (ValueError, AttributeError, OSError):
-        return []
-    if estimate.verdict == "will not fit":
-        return [
-            Problem(
-                "quantization.load_in_4bit",
-                f"the run needs {estimate.summary()}",
-                "use QLoRA, a smaller batch_size or max_length, or gradient checkpointing",
-                "warning",
-            )
-        ]
-    return []

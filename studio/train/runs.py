@@ -1,15 +1,17 @@
 """Run lifecycle: queue, spawn `python -m studio train`, stop, resume, re-attach, delete, duplicate.
 
-All state lives in the run folder (DESIGN.md): the train process writes status.json, metrics.jsonl
-and train.log itself; this module adds launch.json (the exact command) and reads everything back,
-so a page reload or an app restart finds every run with its true state. Knows nothing about the
-UI or about how training works inside the subprocess.
+All state lives in the run folder, read and written through `studio.rundir`: the train process
+writes status.json, metrics.jsonl and train.log itself; this module adds launch.json (the exact
+command and the process identity), so a page reload or an app restart finds every run with its
+true state. Actions (submit, stop, resume, duplicate, delete) only change the folder; `schedule()`
+alone reconciles states with live processes and starts queued runs, and only the app's scheduler
+thread and the commands that ask for it call it (listing runs never starts one). Knows nothing
+about the UI or about how training works inside the subprocess.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from studio import workspace
+from studio import rundir, workspace
 
 ACTIVE = ("running", "stopping")
 FINISHED = ("stopped", "failed", "completed")
@@ -73,33 +75,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def new_run_id(method: str) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = workspace.check_name(f"{stamp}-{method}", "run id")
-    run_id, n = base, 1
-    while workspace.run_path(run_id).exists():
-        n += 1
-        run_id = f"{base}-{n}"
-    return run_id
-
-
 def train_command(
     recipe: str, sets: list[str], run_dir: Path, num_processes: int = 1, resume: bool = False
 ) -> list[str]:
@@ -124,21 +99,10 @@ def train_command(
     return argv + (["--resume"] if resume else [])
 
 
-def _claim_run_dir(method: str) -> tuple[str, Path]:
-    """Create a new run folder atomically: two launches in the same second get different ids."""
-    for _ in range(1000):
-        run_id = new_run_id(method)
-        try:
-            workspace.run_path(run_id).mkdir(parents=True)
-        except FileExistsError:
-            continue
-        return run_id, workspace.run_path(run_id)
-    raise ValueError(f"could not create a new run folder in {workspace.runs_dir()}")
-
-
 def submit(recipe: str, sets: list[str], method: str, num_processes: int = 1) -> str:
     """Queue a new run of `recipe` with `--set` overrides; it starts when its turn comes."""
-    run_id, run_dir = _claim_run_dir(method)
+    run_dir = rundir.claim_run_dir(method)
+    run_id = run_dir.name
     launch = {
         "recipe": str(recipe),
         "sets": list(sets),
@@ -147,9 +111,8 @@ def submit(recipe: str, sets: list[str], method: str, num_processes: int = 1) ->
         "resume": False,
         "created_at": _now(),
     }
-    workspace.atomic_write_json(run_dir / "launch.json", launch)
-    workspace.atomic_write_json(run_dir / "status.json", {"state": "queued", "queued_at": _now()})
-    schedule()
+    rundir.write_launch(run_dir, launch)
+    rundir.write_status(run_dir, {"state": "queued", "queued_at": _now()})
     return run_id
 
 
@@ -157,9 +120,11 @@ def get(run_id: str) -> RunInfo:
     run_dir = workspace.run_path(run_id)
     if not run_dir.is_dir():
         raise ValueError(f"no run {run_id!r} in {workspace.runs_dir()}")
-    status = _read_json(run_dir / "status.json")
-    recipe = _read_yaml(run_dir / "recipe.yaml")
-    launch = _read_json(run_dir / "launch.json")
+    status, recipe, launch = (
+        rundir.read_status(run_dir),
+        rundir.read_recipe(run_dir),
+        rundir.read_launch(run_dir),
+    )
     if not recipe and launch:  # queued: train has not resolved the recipe yet
         recipe = {"method": launch.get("method", "?"), **_sets_dict(launch.get("sets", []))}
     return RunInfo(run_id, run_dir, status.get("state", "unknown"), status, launch, recipe)
@@ -170,8 +135,7 @@ def _sets_dict(sets: list[str]) -> dict:
 
 
 def list_runs() -> list[RunInfo]:
-    """Every run, newest first, after reconciling states with the processes that exist."""
-    schedule()
+    """Every run, newest first, as its folder says (only reads: `schedule` reconciles and starts)."""
     runs = []
     for child in workspace.runs_dir().iterdir():
         if child.is_dir() and not child.name.startswith("."):
@@ -201,16 +165,6 @@ def _alive(info: RunInfo) -> bool:
         return False
 
 
-def log_tail(run_id: str, lines: int = 40) -> str:
-    path = workspace.run_path(run_id) / "train.log"
-    if not path.is_file():
-        return ""
-    with path.open("rb") as fh:
-        fh.seek(max(path.stat().st_size - 64_000, 0))
-        text = fh.read().decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def _death_reason(info: RunInfo) -> str:
     """Why a run's process vanished, as far as the outside can tell."""
     child = _procs.get(str(info.launch.get("pid")))
@@ -233,13 +187,13 @@ def _death_reason(info: RunInfo) -> str:
 
 
 def _mark_dead(info: RunInfo) -> None:
-    tail = log_tail(info.run_id, 15)
+    tail = rundir.log_tail(info.path, 15)
     reason = _death_reason(info)
     if info.state == "stopping":
         new = {**info.status, "state": "stopped", "ended_at": _now(), "error": None}
     else:
         new = {**info.status, "state": "failed", "ended_at": _now(), "error": f"{reason}.\n{tail}".strip()}
-    workspace.atomic_write_json(info.path / "status.json", new)
+    rundir.write_status(info.path, new)
 
 
 @contextmanager
@@ -281,7 +235,7 @@ def _spawn(info: RunInfo) -> None:
     )
     # "starting" is written before the child exists, so the child's own "running" always wins.
     status = {**info.status, "state": "starting", "started_at": info.status.get("started_at") or _now()}
-    workspace.atomic_write_json(info.path / "status.json", status)
+    rundir.write_status(info.path, status)
     log = open(info.path / "train.log", "ab")  # noqa: SIM115 - the child owns it from here
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     processes = int(launch.get("num_processes", 1))
@@ -294,30 +248,29 @@ def _spawn(info: RunInfo) -> None:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
         env=env,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],  # the checkout: recipes/ and sample_data/ resolve from it
     )
     log.close()
     _procs[str(proc.pid)] = proc
     created = psutil.Process(proc.pid).create_time()
     # launch.json holds the process identity; the trainer owns status.json from here.
     identity = {"argv": argv, "pid": proc.pid, "pgid": proc.pid, "pid_created": created}
-    workspace.atomic_write_json(info.path / "launch.json", {**launch, **identity})
+    rundir.write_launch(info.path, {**launch, **identity})
 
 
 def stop(run_id: str, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM the run's process group (it checkpoints and exits); SIGKILL after `grace_s`."""
     info = get(run_id)
     if info.state == "queued":
-        workspace.atomic_write_json(
-            info.path / "status.json", {**info.status, "state": "stopped", "ended_at": _now()}
-        )
+        rundir.write_status(info.path, {**info.status, "state": "stopped", "ended_at": _now()})
         return
     if info.state not in (*ACTIVE, "starting") or not _alive(info):
-        schedule()
+        if info.state in (*ACTIVE, "starting"):
+            _mark_dead(info)  # it died on its own: say so now rather than at the next schedule()
         return
     owner = info.launch if info.launch.get("pid") else info.status
     pgid = int(owner.get("pgid") or os.getpgid(int(owner["pid"])))
-    workspace.atomic_write_json(info.path / "status.json", {**info.status, "state": "stopping"})
+    rundir.write_status(info.path, {**info.status, "state": "stopping"})
     _signal_group(pgid, signal.SIGTERM)
     threading.Thread(target=_kill_later, args=(run_id, pgid, grace_s), daemon=True).start()
 
@@ -340,7 +293,6 @@ def _kill_later(run_id: str, pgid: int, grace_s: float) -> None:
     child = _procs.pop(str(pgid), None)  # the spawned launcher leads its own group
     if child is not None:
         child.wait(timeout=10)
-    schedule()
 
 
 def _group_alive(pgid: int) -> bool:
@@ -354,16 +306,15 @@ def _group_alive(pgid: int) -> bool:
 
 
 def resume(run_id: str) -> None:
-    """Queue a stopped or failed run to continue from its last complete checkpoint."""
+    """Queue a stopped or failed run to continue from its last complete checkpoint (from step 0
+    when it stopped before the first one)."""
     info = get(run_id)
     if info.state not in ("stopped", "failed"):
         raise ValueError(f"run {run_id} is {info.state}: only a stopped or failed run can be resumed")
-    if not any((info.path / "checkpoints").glob("checkpoint-*")):
-        raise ValueError(f"run {run_id} has no checkpoint yet: duplicate it as a new run instead")
-    workspace.atomic_write_json(info.path / "launch.json", {**info.launch, "resume": True})
+    # With no complete checkpoint the trainer starts again from step 0 in the same folder.
+    rundir.write_launch(info.path, {**info.launch, "resume": True})
     status = {**info.status, "state": "queued", "queued_at": _now(), "ended_at": None, "error": None}
-    workspace.atomic_write_json(info.path / "status.json", status)
-    schedule()
+    rundir.write_status(info.path, status)
 
 
 def duplicate(run_id: str) -> str:
@@ -392,24 +343,6 @@ def active_run() -> RunInfo | None:
         if info.state in (*ACTIVE, "starting"):
             return info
     return None
-
-
-def read_metrics(run_id: str) -> list[dict]:
-    """metrics.jsonl as a list; a half-written last line (a crash mid-write) is skipped."""
-    path = workspace.run_path(run_id) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
-
-
-def read_probes(run_id: str) -> dict:
-    return _read_json(workspace.run_path(run_id) / "probes.json")
 
 
 _scheduler_started = False

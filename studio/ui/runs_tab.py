@@ -9,6 +9,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from studio import rundir, workspace
 from studio.train import runs
 from studio.ui import common
 
@@ -35,7 +36,7 @@ def runs_table() -> pd.DataFrame:
                 info.model,
                 info.dataset,
                 f"{step or 0}/{total}" if total else str(step or ""),
-                _final_loss(runs.read_metrics(info.run_id)),
+                _final_loss(rundir.follow_metrics(info.path)),
                 common.format_duration(info.duration_s()),
             ]
         )
@@ -47,7 +48,7 @@ def progress_html(info: runs.RunInfo) -> str:
     step = int(info.status.get("step") or 0)
     total = int(info.status.get("max_steps") or 0)
     fraction = step / total if total else 0.0
-    rows = runs.read_metrics(info.run_id)
+    rows = rundir.follow_metrics(info.path)
     epoch = next((r["epoch"] for r in reversed(rows) if "epoch" in r), None)
     left = ""
     elapsed = info.duration_s()
@@ -70,7 +71,7 @@ def _escape(text: str) -> str:
 
 
 def probes_frame(run_id: str) -> pd.DataFrame:
-    probes = runs.read_probes(run_id)
+    probes = rundir.read_probes(workspace.run_path(run_id))
     prompts = probes.get("prompts", [])
     before, after = probes.get("before", []), probes.get("after", [])
     data = [
@@ -93,7 +94,7 @@ def on_refresh(run_id: str | None):
         empty = common.series_frame([], LOSS_KEYS)
         return table, picker, "No run selected.", empty, empty, empty, "", None
     info = runs.get(run_id)
-    rows = runs.read_metrics(run_id)
+    rows = rundir.follow_metrics(info.path)
     return (
         table,
         picker,
@@ -101,7 +102,7 @@ def on_refresh(run_id: str | None):
         common.series_frame(rows, LOSS_KEYS),
         common.series_frame(rows, ["learning_rate"]),
         common.series_frame(rows, PREF_KEYS),
-        runs.log_tail(run_id, 40),
+        rundir.log_tail(info.path, 40),
         probes_frame(run_id),
     )
 
@@ -123,11 +124,13 @@ def on_stop(run_id):
 
 
 def on_resume(run_id):
-    _act(runs.resume, run_id, "Queued to resume from the last checkpoint.")
+    _act(runs.resume, run_id, "Queued to resume from the last checkpoint (or from the start if it had none).")
+    runs.schedule()
 
 
 def on_duplicate(run_id):
     _act(runs.duplicate, run_id, "Queued a new run with the same recipe.")
+    runs.schedule()
 
 
 def on_delete(run_id, confirmed: bool):
@@ -144,7 +147,7 @@ def compare(run_ids: list[str]):
         return common.series_frame([], ["loss"]), pd.DataFrame()
     curves = []
     for run_id in run_ids:
-        frame = common.series_frame(runs.read_metrics(run_id), ["loss"])
+        frame = common.series_frame(rundir.follow_metrics(workspace.run_path(run_id)), ["loss"])
         frame["series"] = run_id
         curves.append(frame)
     recipes = {run_id: _flatten(runs.get(run_id).recipe) for run_id in run_ids}

@@ -18,7 +18,7 @@ import gradio as gr
 
 from studio import models, workspace
 from studio.data import store
-from studio.train import cluster, memory, recipes, runs
+from studio.train import cluster, memory, preflight, recipes, runs
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
 TOP_KEYS = ("method", "model", "dataset")  # chosen at the top of the tab
@@ -54,8 +54,8 @@ def _flat(recipe: recipes.Recipe) -> dict:
 def _widget(doc: recipes.FieldDoc, value):
     """One widget for one recipe field, typed after the field (never a Textbox parsed later)."""
     label = doc.key.split(".", 1)[-1]
-    if doc.key in ("training.bf16", "training.gradient_checkpointing"):
-        return gr.Dropdown(["auto", "true", "false"], value=value, label=label, info=doc.help)
+    if doc.auto:
+        return gr.Dropdown([recipes.AUTO, "true", "false"], value=value, label=label, info=doc.help)
     if doc.choices:
         return gr.Dropdown(
             ["" if c is None else c for c in doc.choices], value=value, label=label, info=doc.help
@@ -72,8 +72,8 @@ def _widget(doc: recipes.FieldDoc, value):
 
 
 def _to_widget(doc: recipes.FieldDoc, value):
-    if doc.key in ("training.bf16", "training.gradient_checkpointing"):
-        return value if value == "auto" else str(bool(value)).lower()
+    if doc.auto:
+        return value if value == recipes.AUTO else str(bool(value)).lower()
     if doc.type.startswith("list"):
         return "\n".join(value or [])
     return "" if value is None and (doc.choices or doc.type == "str | None") else value
@@ -81,8 +81,8 @@ def _to_widget(doc: recipes.FieldDoc, value):
 
 def _from_widget(doc: recipes.FieldDoc, value):
     """Widget value -> the recipe's typed value (None for an empty optional)."""
-    if doc.key in ("training.bf16", "training.gradient_checkpointing"):
-        return value if value == "auto" else value == "true"
+    if doc.auto:
+        return value if value == recipes.AUTO else value == "true"
     if doc.type.startswith("list"):
         return [line.strip() for line in (value or "").splitlines() if line.strip()]
     if value in ("", None):
@@ -143,7 +143,7 @@ def on_check(recipe_path, model, dataset, devices, *values):
     try:
         sets = build_sets(recipe_path, model, dataset, list(values))
         recipe = recipes.load(RECIPES_DIR.parent / recipe_path, sets)
-        problems = recipes.preflight(recipe)
+        problems = preflight.preflight(recipe)
     except (ValueError, OSError) as exc:
         return f"❌ {exc}", "", ""
     lines = [
@@ -169,10 +169,11 @@ def on_launch(recipe_path, model, dataset, devices, *values):
     try:
         sets = build_sets(recipe_path, model, dataset, list(values))
         recipe = recipes.load(RECIPES_DIR.parent / recipe_path, sets)
-        errors = [p for p in recipes.preflight(recipe) if p.severity == "error"]
+        errors = [p for p in preflight.preflight(recipe) if p.severity == "error"]
         if errors:
             raise ValueError("fix these first: " + "; ".join(str(p) for p in errors))
         run_id = runs.submit(recipe_path, sets, recipe.method, int(devices or 1))
+        runs.schedule()  # start it now if nothing else is training, not at the next scheduler tick
     except (ValueError, OSError) as exc:
         gr.Warning(str(exc))
         return f"**Not launched.** {exc}"
