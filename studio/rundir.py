@@ -28,6 +28,12 @@ RECIPE, LAUNCH, STATUS, METRICS, PROBES, LOG = (
 )
 
 
+# What a stopped run with no complete checkpoint says (the trainer or the queue writes it as its error).
+NOTHING_TO_RESUME = (
+    "stopped before the first checkpoint — nothing to resume: Resume starts it again from step 0"
+)
+
+
 # ---------------------------------------------------------------- run ids and folders
 
 

@@ -150,3 +150,41 @@ def test_train_command_is_never_a_shell_string(tmp_path):
     argv = runs.train_command("recipes/x.yaml", ["dataset=my data; rm -rf /"], tmp_path, 2)
     assert isinstance(argv, list) and "--multi_gpu" in argv
     assert "dataset=my data; rm -rf /" in argv  # one argument, never interpreted by a shell
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(tiny_model):
+    from studio import cli
+
+    run_id = runs.submit(RECIPE, _sets(tiny_model, 6, save_steps=1000), "sft")
+    runs.stop(run_id)  # still queued: no process, no checkpoint
+    info = runs.get(run_id)
+    assert info.state == "stopped" and info.status["error"] == rundir.NOTHING_TO_RESUME
+
+    assert cli.main(["runs", "resume", run_id]) == 0  # the Runs tab's Resume calls the same function
+    info = _wait(run_id, ("completed",), timeout=180)
+    assert info.path == workspace.run_path(run_id) and info.status["step"] == 6
+    steps = [row["step"] for row in rundir.read_metrics(info.path) if "loss" in row]
+    assert steps == list(range(1, 7)), "started again from step 0, with no step logged twice"
+
+
+def test_the_trainer_stopped_before_training_says_nothing_to_resume_then_resumes(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "studio", "train", RECIPE, "--run-dir", str(run_dir)]
+    for item in _sets(tiny_model, 4, save_steps=1000):
+        argv += ["--set", item]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "run folder:" in line:  # printed before the model loads
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.stdout.read()
+    assert proc.wait(timeout=120) == 0
+    status = rundir.read_status(run_dir)
+    assert status["state"] == "stopped" and status["error"] == rundir.NOTHING_TO_RESUME
+    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
+    assert rundir.read_status(run_dir)["state"] == "completed"
+    assert [row["step"] for row in rundir.read_metrics(run_dir) if "loss" in row] == [1, 2, 3, 4]

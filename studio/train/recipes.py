@@ -324,18 +324,19 @@ def _coerce(value, hint, where: str):
                 value = [part.strip() for part in value.split(",") if part.strip()]
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return list(value)
-    allowed = " or ".join(_option_name(o) for o in options)
+    words = [word for o in options for word in _option_names(o)]
+    allowed = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
     raise ValueError(f"{where}: {value!r} is not a valid value — expected {allowed}")
 
 
-def _option_name(option) -> str:
+def _option_names(option) -> list[str]:
     if option is type(None):
-        return "empty"
+        return ["empty"]
     if option is bool:
-        return "true or false"
+        return ["true", "false"]
     if typing.get_origin(option) is typing.Literal:
-        return " or ".join(map(str, typing.get_args(option)))
-    return getattr(option, "__name__", str(option))
+        return [str(arg) for arg in typing.get_args(option)]
+    return [getattr(option, "__name__", str(option))]
 
 
 def _check_choice(value, f: dataclasses.Field, where: str) -> None:

@@ -350,7 +350,7 @@ def main(
     print(f"[studio] run folder: {folder}", flush=True)
     state, error, code = _guarded_run(recipe, folder, resume, flag)
     if state == "stopped" and rundir.last_complete_checkpoint(folder) is None:
-        error = "stopped before the first checkpoint — nothing to resume: Resume starts it again from step 0"
+        error = rundir.NOTHING_TO_RESUME
     if main_rank:
         rundir.update_status(folder, state=state, ended_at=_now(), exit_code=code, error=error)
     print(f"[studio] {state}" + (f": {error}" if error else ""), flush=True)

@@ -262,7 +262,8 @@ def stop(run_id: str, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM the run's process group (it checkpoints and exits); SIGKILL after `grace_s`."""
     info = get(run_id)
     if info.state == "queued":
-        rundir.write_status(info.path, {**info.status, "state": "stopped", "ended_at": _now()})
+        stopped = {"state": "stopped", "ended_at": _now(), "error": rundir.NOTHING_TO_RESUME}
+        rundir.write_status(info.path, {**info.status, **stopped})
         return
     if info.state not in (*ACTIVE, "starting") or not _alive(info):
         if info.state in (*ACTIVE, "starting"):
