@@ -24,7 +24,8 @@ test: install-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: install-dev
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: install-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench

@@ -8,18 +8,16 @@ Run as: python -m bench [--quick] [--only chat,data,train,app] [--install-llama-
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from bench import app, chat, data, train
-from bench.common import append_results, report
+from bench.common import bench_parser, publish
 
 BENCHES = {"data": data.run, "chat": chat.run, "app": app.run, "train": train.run}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI-sized runs (fewer rows, steps, rounds)")
+    parser = bench_parser(__doc__, prog="python -m bench")
     parser.add_argument(
         "--only", default=",".join(BENCHES), help="comma-separated subset of " + ", ".join(BENCHES)
     )
@@ -28,7 +26,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="pip-install llama-cpp-python first (builds from source)",
     )
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in BENCHES]
@@ -37,11 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.install_llama_cpp:
         chat.install_llama_cpp()
     sections = [BENCHES[name](args.quick) for name in chosen]
-    text = report(sections, "quick" if args.quick else "full", "CPU run")
-    print(text)
-    if not args.no_write:
-        append_results(text)
-    return 0
+    return publish(sections, args.quick, "CPU run", not args.no_write)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Run as: python -m bench.app [--quick]
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -20,7 +19,7 @@ import sys
 import time
 import urllib.request
 
-from bench.common import ROOT, Row, Section, append_results, bench_home, log, offline_env, report
+from bench.common import ROOT, Row, Section, bench_home, bench_parser, log, offline_env, publish
 
 FIRST_TOKEN = (
     "import time; t=time.perf_counter(); from studio.chat.engine import ChatEngine, GenSettings; "
@@ -100,15 +99,8 @@ def run(quick: bool) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    args = parser.parse_args(argv)
-    text = report([run(args.quick)], "quick" if args.quick else "full", "App")
-    print(text)
-    if not args.no_write:
-        append_results(text)
-    return 0
+    args = bench_parser(__doc__).parse_args(argv)
+    return publish([run(args.quick)], args.quick, "App", not args.no_write)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ Run as: python -m bench.chat [--quick] [--install-llama-cpp]
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Row, Section, append_results, bench_home, interleave, log, offline_env, report
+from bench.common import Row, Section, bench_home, bench_parser, interleave, log, offline_env, publish
 
 PROMPTS = [
     "What is the capital of France?",
@@ -295,19 +294,12 @@ def install_llama_cpp() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = bench_parser(__doc__)
     parser.add_argument("--install-llama-cpp", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
     if args.install_llama_cpp:
         install_llama_cpp()
-    section = run(args.quick)
-    text = report([section], "quick" if args.quick else "full", "Chat")
-    print(text)
-    if not args.no_write:
-        append_results(text)
-    return 0
+    return publish([run(args.quick)], args.quick, "Chat", not args.no_write)
 
 
 if __name__ == "__main__":

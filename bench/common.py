@@ -7,6 +7,7 @@ more about the neighbours than about the code. Knows nothing about chat, trainin
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -157,3 +158,20 @@ def report(sections: list[Section], mode: str, title: str = "CPU run") -> str:
 def append_results(text: str, path: Path = RESULTS) -> None:
     previous = path.read_text() if path.is_file() else "# Benchmark results\n\n"
     path.write_text(previous.rstrip() + "\n\n" + text.rstrip() + "\n")
+
+
+def bench_parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The options every bench takes: --quick (CI-sized) and --no-write (leave RESULTS.md alone)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI-sized runs (fewer rows, steps, rounds)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    return parser
+
+
+def publish(sections: list[Section], quick: bool, title: str, write: bool) -> int:
+    """Print the report of `sections` and append it to RESULTS.md unless told not to."""
+    text = report(sections, "quick" if quick else "full", title)
+    print(text)
+    if write:
+        append_results(text)
+    return 0

@@ -11,14 +11,13 @@ Run as: python -m bench.data [--quick] [--rows N]
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Row, Section, append_results, bench_home, interleave, log, offline_env, report
+from bench.common import Row, Section, bench_home, bench_parser, interleave, log, offline_env, publish
 
 CHUNK = 1000  # records per tokenize_sft_batch call
 
@@ -114,16 +113,10 @@ def run(quick: bool, rows: int | None = None) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = bench_parser(__doc__)
     parser.add_argument("--rows", type=int)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
-    text = report([run(args.quick, args.rows)], "quick" if args.quick else "full", "Data")
-    print(text)
-    if not args.no_write:
-        append_results(text)
-    return 0
+    return publish([run(args.quick, args.rows)], args.quick, "Data", not args.no_write)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ Run as: python -m bench.gpu [--quick]
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 
-from bench.common import append_results, offline_env, report
+from bench.common import bench_parser, offline_env, publish
 
 
 def cuda_problem() -> str | None:
@@ -34,10 +33,7 @@ def cuda_problem() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    args = parser.parse_args(argv)
+    args = bench_parser(__doc__).parse_args(argv)
     problem = cuda_problem()
     if problem:
         print(f"bench.gpu: {problem}", file=sys.stderr)
@@ -53,11 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         f"GPU: {torch.cuda.get_device_name(0)}, bf16 {torch.cuda.is_bf16_supported()}, Liger kernels "
         f"{'installed' if liger else 'not installed (pip install liger-kernel)'}"
     )
-    text = report(sections, "quick" if args.quick else "full", "GPU run")
-    print(text)
-    if not args.no_write:
-        append_results(text)
-    return 0
+    return publish(sections, args.quick, "GPU run", not args.no_write)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Run as: python -m bench.train [--quick]
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, Row, Section, append_results, bench_home, interleave, log, offline_env, report
+from bench.common import ROOT, Row, Section, bench_home, bench_parser, interleave, log, offline_env, publish
 
 
 def run_polled(cmd: list[str], log_file: Path, timeout: float = 1800) -> int:
@@ -123,15 +122,8 @@ def run(quick: bool) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    args = parser.parse_args(argv)
-    text = report([run(args.quick)], "quick" if args.quick else "full", "Training")
-    print(text)
-    if not args.no_write:
-        append_results(text)
-    return 0
+    args = bench_parser(__doc__).parse_args(argv)
+    return publish([run(args.quick)], args.quick, "Training", not args.no_write)
 
 
 if __name__ == "__main__":
