@@ -71,10 +71,19 @@ def default_model(default_model_home, studio_home) -> str:
 
 
 @pytest.fixture
-def app_server(studio_home):
-    server = AppServer(studio_home).start()
-    yield server
-    server.kill()
+def app(studio_home):
+    """The one way tests start the app: `app(env=None)` starts `python app.py` on this test's
+    STUDIO_HOME (start it again after a kill to test a restart); every server is killed at the end."""
+    servers: list[AppServer] = []
+
+    def start(env: dict | None = None) -> AppServer:
+        server = AppServer(studio_home, env=env).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
 
 
 @pytest.fixture(scope="session")

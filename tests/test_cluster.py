@@ -302,7 +302,7 @@ def test_extra_env_is_quoted():
     assert "export NCCL_SOCKET_IFNAME='ib0 eth0'" in text
 
 
-def test_write_bundle(tmp_path):
+def test_write_bundle_writes_three_files_scripts_executable(tmp_path):
     written = cluster.write_bundle(tmp_path / "out", make_job())
     assert [p.name for p in written] == ["accelerate_config.yaml", "ana-sft.sbatch", "ana-sft-torchrun.sh"]
     for path in written[1:]:
@@ -314,7 +314,7 @@ def test_write_bundle(tmp_path):
     assert "pip install deepspeed" in sharded[1].read_text(encoding="utf-8")
 
 
-def test_command_line(tmp_path):
+def test_cluster_command_writes_the_bundle_and_refuses_bad_counts(tmp_path):
     out = tmp_path / "bundle"
     cmd = [sys.executable, "-m", "studio", "cluster", RECIPE, "--set", "max_steps=5", "--nodes", "2",
            "--gpus-per-node", "2", "--job-name", "cli-job", "--out", str(out)]  # fmt: skip

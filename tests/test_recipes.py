@@ -53,7 +53,7 @@ def test_shortcuts_work_for_every_recipe(path, tmp_path):
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
-def test_defaults_learn_from_a_sample_on_the_default_model(path):
+def test_every_recipe_defaults_to_the_default_model_a_sample_and_a_short_run(path):
     recipe = recipes.load(path)
     assert recipe.model == "default" and recipe.dataset.startswith("sample:")
     assert 0 < recipe.training.max_steps <= 100  # minutes on a 2-core CPU, not hours

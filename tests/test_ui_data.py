@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 
-from tests.support.app import AppServer, screenshot
+from tests.support.app import screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def test_upload_preview_and_save(studio_home, default_model_home, page, tmp_path):
+def test_upload_preview_and_save(studio_home, default_model_home, page, tmp_path, app):
     shutil.copytree(default_model_home / "models", studio_home / "models")  # no 20 s conversion
     upload = tmp_path / "house-style.jsonl"
     rows = [
@@ -26,7 +26,7 @@ def test_upload_preview_and_save(studio_home, default_model_home, page, tmp_path
         {"instruction": "Translate 'cat' to French.", "output": ""},  # empty answer: a row problem
     ]
     upload.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    server = AppServer(studio_home).start()
+    server = app()
     try:
         page.goto(server.url)
         page.locator("input[type=file]").first.set_input_files(str(upload))

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from studio.ui import hub_tab
-from tests.support.app import AppServer, screenshot
+from tests.support.app import screenshot
 from tests.support.hubstub import HubStub
 from tests.support.runfolder import build_run
 
@@ -38,7 +38,7 @@ def stub(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def hub_app(studio_home, tiny_model, stub, tmp_path):
+def hub_app(studio_home, tiny_model, stub, tmp_path, app):
     build_run(studio_home / "runs", tiny_model, recipe={"model": "default", "dataset": "tester/pairs"})
     env = {
         "HF_ENDPOINT": stub.url,
@@ -46,9 +46,7 @@ def hub_app(studio_home, tiny_model, stub, tmp_path):
         "HF_HOME": str(tmp_path / "hf_home"),  # no real `hf auth login` leaks in
         "HF_HUB_OFFLINE": "1",  # as `make run` sets it: the push lifts it for itself
     }
-    server = AppServer(studio_home, env=env).start()
-    yield server
-    server.kill()
+    return app(env)
 
 
 def _push(page, repo: str, token: str) -> None:

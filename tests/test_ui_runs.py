@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.support.app import AppServer, screenshot
+from tests.support.app import screenshot
 from tests.support.tinymodel import build_tiny_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -39,9 +39,9 @@ def _open_runs(page, url: str) -> None:
     page.get_by_role("tab", name="Runs", exact=True).click()
 
 
-def test_launch_watch_reload_restart_stop_resume(studio_home, page, tmp_path):
+def test_launch_watch_reload_restart_stop_resume(studio_home, page, tmp_path, app):
     small = build_tiny_model(tmp_path / "small-llama", hidden=64)  # 4-bit kernels want 64-wide layers
-    server = AppServer(studio_home).start()
+    server = app()
     try:
         page.goto(server.url)
         page.get_by_role("tab", name="Train", exact=True).click()
@@ -68,7 +68,7 @@ def test_launch_watch_reload_restart_stop_resume(studio_home, page, tmp_path):
         after_reload = _wait_state(page, ("running",), min_step=later)
 
         server.kill()  # the app dies; the run lives in its own process group
-        server = AppServer(studio_home).start()
+        server = app()
         _open_runs(page, server.url)
         _wait_state(page, ("running",), min_step=after_reload + 1)
 

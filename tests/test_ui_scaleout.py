@@ -8,13 +8,11 @@ import time
 
 import pytest
 
-from tests.support.app import AppServer
-
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def test_two_process_run_launched_from_the_train_tab(studio_home, tiny_model, page):
-    server = AppServer(studio_home).start()
+def test_two_process_run_launched_from_the_train_tab(studio_home, tiny_model, page, app):
+    server = app()
     try:
         page.goto(server.url)
         page.get_by_role("tab", name="Train", exact=True).click()

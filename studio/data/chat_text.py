@@ -11,9 +11,7 @@ from __future__ import annotations
 import re
 
 CHATML_START = "<|im_start|>"
-CHATML_END = "<|im_end|>"
 LLAMA3_HEADER = "<|start_header_id|>"
-LLAMA3_END = "<|eot_id|>"
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"

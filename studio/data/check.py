@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from studio.data import formats
+from studio.data import formats, store
 from studio.data.files import DEFAULT_MAX_BYTES, Problem, read_rows
 
 SHOWN_PROBLEMS = 10
@@ -195,6 +195,15 @@ def _no_rows(file: str, rows_read: int) -> Problem:
         f"no valid rows: {every} errors",
         "fix the errors listed for each line (the first ones show what is wrong)",
     )
+
+
+def save_file(path: str | Path, name: str, method: str | None = None) -> store.DatasetEntry:
+    """Check `path` and save its usable rows as the dataset `name` (the Data tab's Save and
+    `python -m studio data save` both call this)."""
+    report = load(str(path), method=method)
+    if not report.usable:
+        raise ValueError(f"{Path(path).name} has no usable rows: fix the problems `data check` lists first")
+    return store.save(name.strip(), report.records, report.kind, report.format, str(path))
 
 
 def main(

@@ -25,6 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="exit 0 when some rows have errors but others are usable (the broken rows are dropped)",
     )
     check.set_defaults(handler=_check)
+    save = data_sub.add_parser(
+        "save", help="check a file and save its usable rows as a dataset the Train tab lists"
+    )
+    save.add_argument("file")
+    save.add_argument("name", help="dataset name: letters, digits, '.', '_' or '-'")
+    save.add_argument("--method", default=None, help="sft, dpo, simpo, orpo or kto (default: what the data fits)")
+    save.set_defaults(handler=_save)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -37,3 +44,17 @@ def _check(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         allow_errors=args.allow_errors,
     )
+
+
+def _save(args: argparse.Namespace) -> int:
+    import sys
+
+    from studio.data import check
+
+    try:
+        entry = check.save_file(args.file, args.name, args.method)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"saved {entry.name}: {entry.rows} {entry.kind} rows")
+    return 0

@@ -96,12 +96,6 @@ def row_format(data: dict) -> str | None:
     return None
 
 
-def detect_format(rows: Iterable[Row]) -> str:
-    """The format most rows are written in ("" when none is recognised)."""
-    counts = Counter(f for f in (row_format(r.data) for r in rows) if f)
-    return counts.most_common(1)[0][0] if counts else ""
-
-
 def normalize(rows: Iterable[Row], file: str) -> Normalized:
     """Detect the format from every row, then normalize and check each row."""
     rows = list(rows)

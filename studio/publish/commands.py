@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     gguf.add_argument("--f16", action="store_true", help="16-bit weights (default: 32-bit)")
     export.set_defaults(handler=_export)
 
+    token = sub.add_parser("token", help="the saved Hugging Face token: where it comes from, or forget it")
+    token.add_argument("action", choices=("status", "forget"))
+    token.set_defaults(handler=_token)
+
 
 def _push(args: argparse.Namespace) -> int:
     from studio.publish import hub
@@ -58,4 +62,15 @@ def _export(args: argparse.Namespace) -> int:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1
     print(path)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from studio.publish import hub
+
+    if args.action == "forget":
+        hub.forget_token()
+        print("forgot the saved token (HF_TOKEN in the environment, if set, still applies)")
+    else:
+        print(hub.token_status())
     return 0

@@ -64,11 +64,6 @@ class RunFolder:
         ).is_file()
 
 
-def find_run(run: str | Path) -> Path:
-    """A run folder from a path or a run id under STUDIO_HOME/runs/."""
-    return rundir.find(run)
-
-
 def load_run(run: str | Path) -> RunFolder:
     """Read recipe, status, metrics and probes of a run; tolerant of missing optional parts."""
     path = rundir.find(run)

@@ -29,7 +29,6 @@ import psutil
 from studio import rundir, workspace
 
 ACTIVE = ("running", "stopping")
-FINISHED = ("stopped", "failed", "completed")
 STOP_GRACE_S = 60.0  # a CPU checkpoint of a small model takes seconds; big models need longer
 _procs: dict[str, subprocess.Popen] = {}  # children of this app process, reaped on poll
 _lock = threading.Lock()

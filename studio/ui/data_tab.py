@@ -149,10 +149,7 @@ def on_save(path, name, method):
         gr.Warning("Check a file first, then save it.")
         return gr.update(), ""
     try:
-        report = _load(path, method)
-        if not report.usable:
-            raise ValueError(f"{Path(path).name} has no usable rows: fix the problems listed above first")
-        entry = store.save(name.strip(), report.records, report.kind, report.format, path)
+        entry = check.save_file(path, name, None if method == "auto" else method)
     except ValueError as exc:
         gr.Warning(str(exc))
         return gr.update(), f"**Not saved.** {exc}"
