@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     save.add_argument("file")
     save.add_argument("name", help="dataset name: letters, digits, '.', '_' or '-'")
-    save.add_argument("--method", default=None, help="sft, dpo, simpo, orpo or kto (default: what the data fits)")
+    save.add_argument(
+        "--method", default=None, help="sft, dpo, simpo, orpo or kto (default: what the data fits)"
+    )
     save.set_defaults(handler=_save)
 
 
