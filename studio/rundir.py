@@ -141,9 +141,20 @@ def write_recipe(run_dir: Path, text: str) -> None:
     workspace.atomic_write_text(Path(run_dir) / RECIPE, text)
 
 
+def log_path(run_dir: Path) -> Path:
+    """train.log: the trainer's stdout and stderr (the queue opens it for the child, the trainer
+    tees into it when started from a terminal)."""
+    return Path(run_dir) / LOG
+
+
+def holds_a_run(run_dir: Path) -> list[str]:
+    """What in `run_dir` shows that a run already trained there (empty for a fresh or queued folder)."""
+    return [name for name in (METRICS, "checkpoints", "adapter", RECIPE) if (Path(run_dir) / name).exists()]
+
+
 def log_tail(run_dir: Path, lines: int = 40) -> str:
     """The last `lines` lines of train.log (read from its last 64 kB)."""
-    path = Path(run_dir) / LOG
+    path = log_path(run_dir)
     if not path.is_file():
         return ""
     with path.open("rb") as fh:

@@ -268,7 +268,7 @@ def run_dir_problems(run_dir: Path, resume: bool) -> list[Problem]:
 
     run_dir = Path(run_dir)
     if resume:
-        if not rundir.read_status(run_dir) and not (run_dir / rundir.RECIPE).is_file():
+        if not rundir.read_status(run_dir) and not rundir.read_recipe(run_dir):
             return [
                 Problem("run_dir", f"{run_dir} holds no run to resume", "start the recipe without --resume")
             ]
@@ -283,11 +283,7 @@ def run_dir_problems(run_dir: Path, resume: bool) -> list[Problem]:
             ]
         return []
     state = rundir.read_status(run_dir).get("state")
-    used = [
-        name
-        for name in ("metrics.jsonl", "checkpoints", "adapter", "recipe.yaml")
-        if (run_dir / name).exists()
-    ]
+    used = rundir.holds_a_run(run_dir)
     if used or state not in (None, "queued", "starting"):
         return [
             Problem(

@@ -334,7 +334,7 @@ def main(
         return _refuse(folder, "\n".join(str(p) for p in errors), main_rank)
     folder.mkdir(parents=True, exist_ok=True)
     if main_rank:
-        callbacks.tee_output(folder / "train.log")
+        callbacks.tee_output(rundir.log_path(folder))
         rundir.write_recipe(folder, recipes.to_yaml(recipe))
         rundir.update_status(
             folder,

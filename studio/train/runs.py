@@ -235,7 +235,7 @@ def _spawn(info: RunInfo) -> None:
     # "starting" is written before the child exists, so the child's own "running" always wins.
     status = {**info.status, "state": "starting", "started_at": info.status.get("started_at") or _now()}
     rundir.write_status(info.path, status)
-    log = open(info.path / "train.log", "ab")  # noqa: SIM115 - the child owns it from here
+    log = open(rundir.log_path(info.path), "ab")  # noqa: SIM115 - the child owns it from here
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     processes = int(launch.get("num_processes", 1))
     if processes > 1 and "OMP_NUM_THREADS" not in env:  # ranks on one machine share its cores
