@@ -15,7 +15,8 @@ import sys
 
 # Each module registers its own commands, in the order `--help` lists them.
 COMMAND_MODULES = (
-    "studio.data.commands",  # data check
+    "studio.data.commands",  # data check, data pull
+    "studio.model_commands",  # models search, info, pull, list, rm
     "studio.train.commands",  # train, runs, cluster
     "studio.prefs.commands",  # votes
     "studio.publish.commands",  # push, export

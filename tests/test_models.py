@@ -48,7 +48,7 @@ def test_conversion_reports_progress_and_happens_once(studio_home, default_model
 
 def test_unknown_hub_id_offline_says_how_to_get_it(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(models.ModelNotFound, match="hf download some-org/not-cached"):
+    with pytest.raises(models.ModelNotFound, match="models pull some-org/not-cached"):
         models.load_tokenizer("some-org/not-cached")
 
 

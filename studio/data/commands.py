@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="check a dataset file: format, rows, problems, token statistics")
+    data = sub.add_parser("data", help="check a dataset file, or pull one from the Hub")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     check = data_sub.add_parser(
         "check",
@@ -34,6 +34,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--method", default=None, help="sft, dpo, simpo, orpo or kto (default: what the data fits)"
     )
     save.set_defaults(handler=_save)
+    pull = data_sub.add_parser(
+        "pull",
+        help="download a Hub dataset split, check it and save it by name",
+        description="Downloads the split's files (resumable), keeps the first N rows (or a random sample "
+        "of N with --sample), checks them like an uploaded file and saves the usable rows. Exit 1 on errors.",
+    )
+    pull.add_argument("dataset_id", help="Hub dataset id, e.g. tatsu-lab/alpaca")
+    pull.add_argument("--config", default=None, help="dataset config (default: the first)")
+    pull.add_argument("--split", default=None, help="split (default: train)")
+    pull.add_argument("--rows", type=int, default=None, help="keep at most N rows (default: all)")
+    pull.add_argument(
+        "--sample", action="store_true", help="a random sample of --rows rows, not the first ones"
+    )
+    pull.add_argument("--seed", type=int, default=0, help="seed of the random sample")
+    pull.add_argument(
+        "--name", default=None, help="save as this dataset name (default: from the id and split)"
+    )
+    pull.add_argument(
+        "--method", default=None, help="sft, dpo, simpo, orpo or kto (default: what the data fits)"
+    )
+    pull.set_defaults(handler=_pull)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -59,4 +80,40 @@ def _save(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"saved {entry.name}: {entry.rows} {entry.kind} rows")
+
+
+def _pull(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    from studio.data import check, hub, store
+
+    last = [0.0]
+
+    def show(progress) -> None:
+        if progress.state == "downloading" and time.monotonic() - last[0] < 2:
+            return
+        last[0] = time.monotonic()
+        print(f"{progress.state}: {progress.line()}", flush=True)
+
+    try:
+        path, kept = hub.pull(
+            args.dataset_id, args.config, args.split, args.rows, args.sample, args.seed, on_progress=show
+        )
+        print(kept)
+        report = check.load(path, method=args.method)
+        print(report.summary())
+        for problem in report.problems[: check.SHOWN_PROBLEMS]:
+            print(f"  {problem}")
+        if not report.usable:
+            print(f"error: {path.name} has no usable rows: nothing saved", file=sys.stderr)
+            return 1
+        name = args.name or path.stem[:80]
+        entry = store.save(name, report.records, report.kind, report.format, str(path))
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"saved {entry.rows} {entry.kind} rows as '{entry.name}': train on it with --set dataset={entry.name}"
+    )
     return 0
