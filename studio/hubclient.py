@@ -112,7 +112,7 @@ def calling(repo_id: str = "", kind: str = "model") -> Iterator[None]:
 
     try:
         yield
-    except (httpx2.ConnectError, httpx2.TimeoutException, errors.OfflineModeIsEnabled) as exc:
+    except (httpx2.TransportError, errors.OfflineModeIsEnabled) as exc:  # no answer, or a cut one
         raise HubUnreachable(unreachable_line()) from exc
     except errors.LocalEntryNotFoundError as exc:  # raised when the listing failed for lack of network
         raise HubUnreachable(unreachable_line()) from exc
@@ -194,13 +194,50 @@ def human_seconds(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+PARTIAL = ".partial"  # where half-downloaded files wait, named by their ETag, until they are whole
+
+
 def bytes_on_disk(folder: Path, names: list[str]) -> int:
-    """Bytes of `names` already in `folder`, plus what huggingface_hub holds in `.incomplete` files."""
+    """Bytes of `names` already in `folder`, plus those of half-downloaded files."""
     done = sum((folder / n).stat().st_size for n in names if (folder / n).is_file())
-    partial = folder / ".cache" / "huggingface" / "download"
+    partial = folder / PARTIAL
     if partial.is_dir():
-        done += sum(p.stat().st_size for p in partial.rglob("*.incomplete") if p.is_file())
+        done += sum(p.stat().st_size for p in partial.glob("*.part") if p.is_file())
     return done
+
+
+def fetch(repo_id: str, names: list[str], folder: Path, revision: str, repo_type: str = "model") -> None:
+    """Download `names` of a repo into `folder`, resuming any half-downloaded file.
+
+    huggingface_hub 2.4 resumes a cut transfer within one call (a few retries with a Range request),
+    but deletes its temporary file when the call fails; so each file goes to
+    `folder/.partial/<name>.<etag>.part` here, and the next call (after a longer cut or an app
+    restart) continues it with a Range request through huggingface_hub's `http_get`. The metadata
+    request follows the Hub's redirects; the token is sent to the Hub only, never to the file
+    storage a large file redirects to.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    secret = token() or False
+    for name in names:
+        target = folder / name
+        url = hf_hub_url(repo_id, name, repo_type=repo_type, revision=revision, endpoint=endpoint())
+        meta = get_hf_file_metadata(url, token=secret, endpoint=endpoint())
+        if target.is_file() and target.stat().st_size == meta.size:
+            continue
+        part = folder / PARTIAL / f"{name.replace('/', '--')}.{(meta.etag or 'x')[:40]}.part"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        same_origin = urlsplit(meta.location)[:2] == urlsplit(url)[:2]
+        headers = build_hf_headers(token=secret) if same_origin else {}
+        with open(part, "ab") as fh:
+            http_get(meta.location, fh, resume_size=fh.tell(), headers=headers, expected_size=meta.size)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, target)
+    shutil.rmtree(folder / PARTIAL, ignore_errors=True)  # parts of an older revision, if any
 
 
 def watch(

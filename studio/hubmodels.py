@@ -5,9 +5,10 @@
 `look(repo_id)` says what a download would fetch (one set of weights: safetensors preferred, never
 a duplicate .bin/.pth/GGUF/ONNX copy), its size, parameters, license, gated or not, chat template,
 and whether LoRA / QLoRA / full training fits this machine (the estimate of studio/train/memory.py).
-`pull(repo_id)` refuses up front when the disk lacks room, then runs `snapshot_download` into
-STUDIO_HOME/models/hub/<org>--<name>/ with progress measured on disk; a cut connection or a restart
-leaves huggingface_hub's `.incomplete` files, and pulling again resumes them. `start_pull` runs a
+`pull(repo_id)` refuses up front when the disk lacks room, then downloads exactly those files into
+STUDIO_HOME/models/hub/<org>--<name>/ (hubclient.fetch: huggingface_hub's metadata request and
+`http_get`) with progress measured on disk; a cut connection or an app restart leaves the partial
+file in place, and pulling again continues it with a Range request. `start_pull` runs a
 pull in a background thread and keeps its latest progress for a page to poll.
 Knows nothing about the UI; Hub access and its errors go through studio/hubclient.py.
 """
@@ -237,10 +238,6 @@ def _check_id(repo_id: str) -> str:
 
 def pull(repo_id: str, on_progress: Callable[[Progress], None] | None = None, every: float = 0.5) -> Path:
     """Download `repo_id` into STUDIO_HOME/models/hub/ (resuming what a cut download left); its folder."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import disable_progress_bars
-
-    disable_progress_bars()  # progress is measured on disk and reported through `on_progress`
     report = on_progress or (lambda _: None)
     seen = look(repo_id)
     if seen.access:
@@ -260,16 +257,8 @@ def pull(repo_id: str, on_progress: Callable[[Progress], None] | None = None, ev
         started_at=models.now(),
     )
 
-    def work() -> str:
-        return snapshot_download(
-            seen.repo_id,
-            revision=seen.revision,
-            local_dir=folder,
-            allow_patterns=names,
-            endpoint=hubclient.endpoint(),
-            token=hubclient.token() or False,
-            max_workers=4,
-        )
+    def work() -> None:
+        hubclient.fetch(seen.repo_id, names, folder, seen.revision)
 
     with hubclient.calling(seen.repo_id):
         hubclient.watch(work, folder, names, seen.download_bytes, seen.repo_id, report, every)

@@ -6,7 +6,7 @@
 card when it has one, else the Hub's file-name conventions (data/train-*.parquet, test.jsonl, ...).
 `preview(...)` reads only the first rows: the footer and first row group of a parquet file through
 HTTP Range requests, or the first lines of a JSON Lines / CSV file; nothing is downloaded whole.
-`pull(...)` downloads the split's files with progress (huggingface_hub, resumable), keeps the first
+`pull(...)` downloads the split's files with progress (hubclient.fetch, resumable), keeps the first
 N rows or a random sample of N, and writes them as a JSON Lines file under STUDIO_HOME/uploads/:
 from there it goes through the same check, format detection, preview and save as an uploaded file.
 Knows nothing about formats or the UI; Hub access and errors go through studio/hubclient.py.
@@ -262,10 +262,6 @@ def pull(
 
     Returns (the file, one line saying what was kept), ready for `check.load`.
     """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import disable_progress_bars
-
-    disable_progress_bars()
     found = layout(repo_id)
     config = config or next(iter(found.configs))
     names = found.files_of(config, split)
@@ -275,23 +271,12 @@ def pull(
     folder.mkdir(parents=True, exist_ok=True)
     hubclient.check_room(folder, total)
 
-    def work() -> list[str]:
-        return [
-            hf_hub_download(
-                found.repo_id,
-                n,
-                repo_type="dataset",
-                revision=found.revision,
-                local_dir=folder,
-                endpoint=hubclient.endpoint(),
-                token=hubclient.token() or False,
-            )
-            for n in names
-        ]
+    def work() -> None:
+        hubclient.fetch(found.repo_id, names, folder, found.revision, repo_type="dataset")
 
     with hubclient.calling(found.repo_id, "dataset"):
-        paths = hubclient.watch(work, folder, names, total, found.repo_id, on_progress or (lambda _: None))
-    records = _take([Path(p) for p in paths], rows, sample, seed)
+        hubclient.watch(work, folder, names, total, found.repo_id, on_progress or (lambda _: None))
+    records = _take([folder / n for n in names], rows, sample, seed)
     out = target_path(found.repo_id, config, split)
     workspace.atomic_write_text(
         out, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
