@@ -274,3 +274,52 @@ def watch(
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
     return result.get("value")
+
+
+# --- downloads in the background -------------------------------------------------------------------
+_JOBS: dict[str, Progress] = {}
+_RESULTS: dict[str, object] = {}
+_LOCK = threading.Lock()
+
+
+def start_job(key: str, repo_id: str, run: Callable[[Callable[[Progress], None]], object]) -> Progress:
+    """Run `run(report)` in a background thread, one per key; its progress is kept for `job(key)`.
+
+    A job already starting or downloading is not started twice. When `run` raises a HubError,
+    ValueError or OSError, the job ends "failed" with the error's one-line message.
+    """
+    with _LOCK:
+        current = _JOBS.get(key)
+        if current and current.state in ("starting", "downloading"):
+            return current
+        _JOBS[key] = Progress(repo_id, "starting", message="asking the Hub")
+        _RESULTS.pop(key, None)
+
+    def keep(progress: Progress) -> None:
+        with _LOCK:
+            _JOBS[key] = progress
+
+    def work() -> None:
+        try:
+            result = run(keep)
+        except (ValueError, OSError) as exc:  # HubError is a ValueError
+            last = job(key) or Progress(repo_id, "failed")
+            keep(Progress(repo_id, "failed", last.done_bytes, last.total_bytes, message=str(exc)))
+            return
+        with _LOCK:
+            _RESULTS[key] = result
+            _JOBS[key] = Progress(repo_id, "done", _JOBS[key].total_bytes, _JOBS[key].total_bytes)
+
+    threading.Thread(target=work, name=f"download {key}", daemon=True).start()
+    return job(key)  # type: ignore[return-value]
+
+
+def job(key: str) -> Progress | None:
+    with _LOCK:
+        return _JOBS.get(key)
+
+
+def job_result(key: str) -> object | None:
+    """What a finished job returned (None while it runs, or when it failed)."""
+    with _LOCK:
+        return _RESULTS.get(key)

@@ -16,7 +16,6 @@ Knows nothing about the UI; Hub access and its errors go through studio/hubclien
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,37 +272,14 @@ def pull(repo_id: str, on_progress: Callable[[Progress], None] | None = None, ev
 
 
 # --- downloads in the background -------------------------------------------------------------------
-_JOBS: dict[str, Progress] = {}
-_LOCK = threading.Lock()
-
-
 def start_pull(repo_id: str) -> Progress:
-    """Start `pull` in a background thread (one per model) and return its first progress."""
+    """Start `pull` in a background thread (one per model); poll `progress_of(repo_id)`."""
     repo_id = _check_id(repo_id)
-    with _LOCK:
-        current = _JOBS.get(repo_id)
-        if current and current.state in ("starting", "downloading"):
-            return current
-        _JOBS[repo_id] = Progress(repo_id, "starting", message="asking the Hub")
-
-    def keep(progress: Progress) -> None:
-        with _LOCK:
-            _JOBS[repo_id] = progress
-
-    def run() -> None:
-        try:
-            pull(repo_id, keep)
-        except (HubError, OSError, ValueError) as exc:
-            last = _JOBS.get(repo_id) or Progress(repo_id, "failed")
-            keep(Progress(repo_id, "failed", last.done_bytes, last.total_bytes, message=str(exc)))
-
-    threading.Thread(target=run, name=f"pull {repo_id}", daemon=True).start()
-    return _JOBS[repo_id]
+    return hubclient.start_job(f"model:{repo_id}", repo_id, lambda report: pull(repo_id, report))
 
 
 def progress_of(repo_id: str) -> Progress | None:
-    with _LOCK:
-        return _JOBS.get((repo_id or "").strip())
+    return hubclient.job(f"model:{(repo_id or '').strip()}")
 
 
 # --- local models ----------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def _pick(page, elem_id: str, option: str) -> None:
 def _chat_and_vote(page, tiny) -> None:
     page.get_by_role("tab", name="Chat", exact=True).click()
     page.get_by_role("button", name="Refresh adapters", exact=True).click()
-    page.locator("#chat-base textarea").fill(str(tiny))
+    page.locator("#chat-base input").fill(str(tiny))
     expect(page.locator("#chat-a input")).to_have_value("base model (no adapter)")
     _pick(page, "chat-b", "lora1")
     page.get_by_text("System prompt and generation settings (both sides)").click()

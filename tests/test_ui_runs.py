@@ -45,7 +45,7 @@ def test_launch_watch_reload_restart_stop_resume(studio_home, page, tmp_path, ap
     try:
         page.goto(server.url)
         page.get_by_role("tab", name="Train", exact=True).click()
-        page.locator("#train-model textarea").fill(str(small))
+        page.locator("#train-model input").fill(str(small))
         page.get_by_label("max_steps", exact=True).fill("200")
         page.get_by_label("save_steps", exact=True).fill("20")
         page.get_by_role("button", name="Check recipe", exact=True).click()

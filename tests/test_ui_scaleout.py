@@ -16,7 +16,7 @@ def test_two_process_run_launched_from_the_train_tab(studio_home, tiny_model, pa
     try:
         page.goto(server.url)
         page.get_by_role("tab", name="Train", exact=True).click()
-        page.locator("#train-model textarea").fill(str(tiny_model))
+        page.locator("#train-model input").fill(str(tiny_model))
         page.get_by_label("Recipe", exact=True).click()
         page.get_by_role("option", name="recipes/lora_sft.yaml", exact=True).click()
         page.get_by_label("Devices", exact=True).fill("2")

@@ -303,3 +303,19 @@ def _take(paths: list[Path], rows: int | None, sample: bool, seed: int) -> list[
     if sample and rows is not None and len(records) > rows:
         records = random.Random(seed).sample(records, rows)
     return records
+
+
+def job_key(repo_id: str, config: str | None, split: str | None) -> str:
+    return f"dataset:{(repo_id or '').strip()}:{config or ''}:{split or ''}"
+
+
+def start_pull(
+    repo_id: str, config: str | None, split: str | None, rows: int | None, sample: bool, seed: int = 0
+) -> Progress:
+    """Start `pull` in a background thread; poll `hubclient.job(job_key(...))`, then `job_result`."""
+    repo_id = _check_id(repo_id)
+    return hubclient.start_job(
+        job_key(repo_id, config, split),
+        repo_id,
+        lambda report: pull(repo_id, config, split, rows, sample, seed, on_progress=report),
+    )

@@ -9,6 +9,7 @@ from studio.train import runs
 from studio.ui.chat_tab import build_chat_tab
 from studio.ui.data_tab import build_data_tab
 from studio.ui.hub_tab import build_hub_tab
+from studio.ui.models_tab import build_models_tab
 from studio.ui.runs_tab import build_runs_tab
 from studio.ui.train_tab import build_train_tab
 from studio.ui.votes_tab import build_votes_tab
@@ -27,6 +28,8 @@ def build_app() -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Data", id="data"):
                 build_data_tab()
+            with gr.Tab("Models", id="models"):
+                build_models_tab()
             with gr.Tab("Train", id="train"):
                 build_train_tab()
             with gr.Tab("Runs", id="runs"):

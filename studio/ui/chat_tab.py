@@ -15,6 +15,7 @@ import uuid
 
 import gradio as gr
 
+from studio import models
 from studio.chat import engine as chat
 from studio.prefs import store as prefs
 from studio.train import runs
@@ -276,7 +277,15 @@ def build_chat_tab() -> None:
     state = gr.State(_state())
     warning = gr.Markdown(training_warning)  # a callable: re-read on every page load
     with gr.Row():
-        base = gr.Textbox("default", label="Base model", scale=2, elem_id="chat-base")
+        base = gr.Dropdown(
+            models.local_specs(),
+            value="default",
+            allow_custom_value=True,
+            label="Base model",
+            info="Models on this machine; or type a local folder or any Hub id (search in the Models tab)",
+            scale=2,
+            elem_id="chat-base",
+        )
         side_a = gr.Dropdown(adapter_choices(), value="base", label="Model A", scale=3, elem_id="chat-a")
         side_b = gr.Dropdown(adapter_choices(), value="base", label="Model B", scale=3, elem_id="chat-b")
         load_btn = gr.Button("Load", scale=1)
@@ -330,6 +339,7 @@ def build_chat_tab() -> None:
     resending.then(on_turn_done, [state], [state, reveal])
     stop_btn.click(on_turn_done, [state], [state, reveal], cancels=[sending, submitting, resending])
     clear_btn.click(on_clear, None, [left, right, state, reveal, speed])
+    base.focus(lambda: gr.update(choices=models.local_specs()), None, base)
     load_btn.click(on_load, [base, side_a, side_b], [mem])
     unload_btn.click(on_unload, None, [mem])
     refresh_btn.click(

@@ -8,9 +8,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 
-from studio import models, workspace
+from studio import hubclient, models, workspace
 from studio.data import check, stats, store, templates
+from studio.data import hub as data_hub
 from studio.ui import common
 
 METHODS = ["auto", "sft", "dpo", "simpo", "orpo", "kto"]
@@ -105,6 +107,16 @@ def on_check(upload, choice, method, model, template_choice, max_length, progres
     """Read + validate the chosen file; return report, problems file, record index, preview, plot, stats."""
     try:
         path = _keep_upload(upload) if upload else str(store.resolve(choice))
+    except (ValueError, OSError) as exc:
+        gr.Warning(str(exc))
+        return (None, f"**Cannot use this file.** {exc}", gr.update(visible=False), 0, [], None, "")
+    return check_path(path, method, model, template_choice, max_length, progress)
+
+
+def check_path(path: str, method, model, template_choice, max_length, progress=None):
+    """The report, problems file, index, preview, plot and stats of a file in the workspace."""
+    progress = progress or (lambda *a, **k: None)
+    try:
         progress(0.1, desc=f"reading {Path(path).name}")
         report = _load(path, method)
     except (ValueError, OSError) as exc:
@@ -158,6 +170,69 @@ def on_save(path, name, method):
     return gr.update(choices=dataset_choices(), value=entry.name), message
 
 
+# --- a dataset from the Hub ---------------------------------------------------------------------
+TAKE = ["the first N rows", "a random sample of N rows"]
+
+
+def on_hub_look(dataset_id: str):
+    """Configs, splits and a streamed preview of the first rows of a Hub dataset."""
+    try:
+        found = data_hub.layout(dataset_id)
+        config = next(iter(found.configs))
+        splits = list(found.configs[config])
+        split = "train" if "train" in splits else splits[0]
+        rows = data_hub.preview(dataset_id, config, split)
+    except ValueError as exc:
+        return gr.update(), gr.update(), None, f"**Cannot read {dataset_id}.** {exc}"
+    note = f"First {len(rows)} rows of {dataset_id} ({config}, {split}), read without downloading the files."
+    return (
+        gr.update(choices=list(found.configs), value=config),
+        gr.update(choices=splits, value=split),
+        pd.DataFrame(rows),
+        note,
+    )
+
+
+def on_hub_split(dataset_id: str, config: str, split: str):
+    try:
+        found = data_hub.layout(dataset_id)
+        splits = list(found.configs.get(config, {}))
+        split = split if split in splits else (splits[0] if splits else None)
+        rows = data_hub.preview(dataset_id, config, split)
+    except ValueError as exc:
+        return gr.update(), None, f"**Cannot read {dataset_id}.** {exc}"
+    note = f"First {len(rows)} rows of {dataset_id} ({config}, {split}), read without downloading the files."
+    return gr.update(choices=splits, value=split), pd.DataFrame(rows), note
+
+
+def on_hub_pull(dataset_id, config, split, rows, take):
+    try:
+        count = int(rows) if rows else None
+        progress = data_hub.start_pull(dataset_id, config, split, count, take == TAKE[1])
+    except ValueError as exc:
+        return f"**Cannot download.** {exc}", gr.Timer(active=False)
+    return progress.line(), gr.Timer(active=True)
+
+
+def on_hub_tick(dataset_id, config, split, method, model, template_choice, max_length):
+    key = data_hub.job_key(dataset_id, config, split)
+    progress = hubclient.job(key)
+    keep = [gr.update()] * 7
+    if progress is None:
+        return "", gr.Timer(active=False), *keep
+    if progress.state in ("starting", "downloading"):
+        return f"Downloading: {progress.line()}", gr.Timer(active=True), *keep
+    if progress.state == "failed":
+        return f"**Stopped.** {progress.message}", gr.Timer(active=False), *keep
+    path, kept = hubclient.job_result(key)
+    checked = check_path(str(path), method, model, template_choice, max_length)
+    return (
+        f"Downloaded. {kept}. Checked below: save it by name to train on it.",
+        gr.Timer(active=False),
+        *checked,
+    )
+
+
 def build_data_tab() -> None:
     path = gr.State(None)
     with gr.Row():
@@ -169,16 +244,35 @@ def build_data_tab() -> None:
                 value="sample:alpaca.jsonl",
                 allow_custom_value=False,
             )
+            with gr.Accordion("…or take one from the Hugging Face Hub", open=False, elem_id="data-hub"):
+                hub_id = gr.Textbox(
+                    label="Dataset id", placeholder="e.g. tatsu-lab/alpaca", elem_id="data-hub-id"
+                )
+                hub_look = gr.Button("Look at it", size="sm")
+                with gr.Row():
+                    hub_config = gr.Dropdown([], label="Config", allow_custom_value=True)
+                    hub_split = gr.Dropdown([], label="Split", allow_custom_value=True)
+                with gr.Row():
+                    hub_rows = gr.Number(1000, precision=0, minimum=1, label="Rows to keep (N)")
+                    hub_take = gr.Radio(
+                        TAKE, value=TAKE[0], label="Which rows", info="large datasets: keep a part"
+                    )
+                hub_pull = gr.Button("Download and check", size="sm", elem_id="data-hub-pull")
+                hub_note = gr.Markdown(elem_id="data-hub-note")
+                hub_timer = gr.Timer(1.0, active=False)
             method = gr.Dropdown(
                 METHODS,
                 value="auto",
                 label="Method",
                 info="auto: whatever the data fits; a preference method needs pairs",
             )
-            model = gr.Textbox(
-                "default",
+            model = gr.Dropdown(
+                models.local_specs(),
+                value="default",
+                allow_custom_value=True,
                 label="Model",
-                info="'default' (embedded SmolLM2-135M-Instruct), a local folder or a Hub id",
+                info="'default' (embedded SmolLM2-135M-Instruct) and the models on this machine; or type a local folder or any Hub id (search in the Models tab)",
+                elem_id="data-model",
             )
             template = gr.Dropdown(TEMPLATES, value=TEMPLATES[0], label="Chat template")
             max_length = gr.Number(1024, label="Max length (tokens)", precision=0, minimum=16)
@@ -196,6 +290,9 @@ def build_data_tab() -> None:
                 color_map=COLORS,
                 show_legend=True,
                 combine_adjacent=True,
+            )
+            hub_preview = gr.Dataframe(
+                label="Hub dataset: first rows", interactive=False, elem_id="data-hub-preview"
             )
             plot = gr.Plot(label="Token lengths")
             stats_md = gr.Markdown()
@@ -216,3 +313,19 @@ def build_data_tab() -> None:
         on_browse, [path, index, *settings], preview
     )
     save_btn.click(on_save, [path, name, method], [choice, saved_md])
+    model.focus(lambda: gr.update(choices=models.local_specs()), None, model)
+    gr.on(
+        [hub_look.click, hub_id.submit], on_hub_look, hub_id, [hub_config, hub_split, hub_preview, hub_note]
+    )
+    gr.on(
+        [hub_config.input, hub_split.input],
+        on_hub_split,
+        [hub_id, hub_config, hub_split],
+        [hub_split, hub_preview, hub_note],
+    )
+    hub_pull.click(on_hub_pull, [hub_id, hub_config, hub_split, hub_rows, hub_take], [hub_note, hub_timer])
+    hub_timer.tick(
+        on_hub_tick,
+        [hub_id, hub_config, hub_split, *settings],
+        [hub_note, hub_timer, *outputs],
+    )

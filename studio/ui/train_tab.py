@@ -220,12 +220,14 @@ def build_train_tab() -> None:
             label="Dataset",
             scale=2,
         )
-        model = gr.Textbox(
-            "default",
+        model = gr.Dropdown(
+            models.local_specs(),
+            value="default",
+            allow_custom_value=True,
             elem_id="train-model",
             label="Model",
             scale=2,
-            info="'default' (embedded SmolLM2-135M-Instruct), a local folder or a Hub id",
+            info="'default' (embedded SmolLM2-135M-Instruct) and the models on this machine; or type a local folder or any Hub id (search in the Models tab)",
         )
         method = gr.Dropdown(list(recipes.METHODS), value="sft", label="Method", scale=1)
         recipe = gr.Dropdown(recipes_for("sft"), value="recipes/qlora_sft.yaml", label="Recipe", scale=2)
@@ -284,6 +286,7 @@ def build_train_tab() -> None:
         None,
         [dataset],
     )
+    model.focus(lambda: gr.update(choices=models.local_specs()), None, model)
     check_btn.click(on_check, top + widgets, [problems, mem, command])
     launch_btn.click(on_launch, top + widgets, [launched])
     cluster_btn.click(
