@@ -18,7 +18,7 @@ install-dev: install
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 
 run: install
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/python app.py
+	$(BIN)/python app.py
 
 test: install-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

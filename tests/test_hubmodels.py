@@ -318,3 +318,32 @@ def test_command_line_twins(hub, studio_home, tmp_path):
     for text in (out.stdout, out.stderr):
         assert GRANTED not in text
     assert_token_nowhere(GRANTED, studio_home, hub.log_path)
+
+
+@pytest.mark.slow
+def test_the_default_model_served_as_safetensors_downloads_and_answers(default_model, online, monkeypatch):
+    """The real model through the whole path: details, a 538 MB download, then it answers."""
+    repo = model_repo("studio-test/smollm2-135m-instruct", Path(default_model), downloads=9)
+    with HubStub(served=[repo]) as stub:
+        monkeypatch.setenv("HF_ENDPOINT", stub.url)
+        look = hubmodels.look(repo.repo_id)
+        assert look.n_params == models.info(default_model).n_params == 134_515_008
+        assert look.has_chat_template and look.download_bytes == sum(
+            (Path(default_model) / n).stat().st_size for n in look.files
+        )
+        assert "model.safetensors" in look.files and "studio_source.json" not in look.files
+        folder = hubmodels.pull(repo.repo_id)
+    assert (folder / "model.safetensors").stat().st_size == (
+        Path(default_model) / "model.safetensors"
+    ).stat().st_size
+
+    from studio.chat import engine as chat
+
+    engine = chat.ChatEngine()
+    engine.load(repo.repo_id)
+    settings = chat.GenSettings(temperature=0, max_new_tokens=12, repetition_penalty=1.0)
+    reply = list(
+        engine.stream([{"role": "user", "content": "What is the capital of France?"}], None, settings)
+    )[-1]
+    engine.unload()
+    assert "Paris" in reply.text

@@ -72,7 +72,7 @@ def test_search_details_download_then_train(online_app, page, studio_home):
     assert results.get_by_text(GATED, exact=True).filter(visible=True).count() >= 1
     results.get_by_text(MODEL, exact=True).filter(visible=True).first.click()
     details = page.locator("#models-details")
-    details.get_by_text("QLoRA: fits").wait_for()
+    details.get_by_text("QLoRA: fits (").wait_for()
     text = details.inner_text()
     assert "parameters; download" in text and "License: apache-2.0; not gated" in text
     assert "Chat template: has a chat template" in text
@@ -81,7 +81,12 @@ def test_search_details_download_then_train(online_app, page, studio_home):
     page.locator("#models-download").click()
     progress = page.locator("#models-progress .studio-progress")
     progress.and_(page.locator("[data-state='downloading']")).wait_for(timeout=30_000)
-    assert re.search(r"of .* \(\d+%\)", progress.inner_text())
+    for _ in range(100):  # a bar part-way along makes a useful picture
+        match = re.search(r"of .* \((\d+)%\)", progress.inner_text())
+        if match and int(match.group(1)) >= 20 or page.locator("[data-state='done']").count():
+            break
+        page.wait_for_timeout(100)
+    assert match, progress.inner_text()
     screenshot(page, "models-downloading")
     page.locator("#models-progress [data-state='done']").wait_for(timeout=60_000)
     page.locator("#models-local").get_by_text(MODEL, exact=True).filter(visible=True).first.wait_for()
@@ -98,7 +103,7 @@ def test_search_details_download_then_train(online_app, page, studio_home):
     page.get_by_text(re.compile(r"Run \*?\*?\d{8}-\d{6}-sft")).first.wait_for(timeout=30_000)
     page.get_by_role("tab", name="Runs", exact=True).click()
     _wait_run_completed(page)
-    runs = list((studio_home / "runs").iterdir())
+    runs = [p for p in (studio_home / "runs").iterdir() if p.is_dir()]
     assert len(runs) == 1 and (runs[0] / "adapter" / "adapter_model.safetensors").is_file()
     assert f"model: {MODEL}" in (runs[0] / "recipe.yaml").read_text()
 
@@ -141,8 +146,12 @@ def test_gated_model_with_the_stored_token_and_delete(served, studio_home, page,
     assert not leaks, leaks  # app.log, the workspace, the stand-in's access log
 
 
-def test_hub_dataset_in_the_data_tab(online_app, page):
+def test_hub_dataset_in_the_data_tab(default_model, studio_home, online_app, page):
     hub, server = online_app
+    (studio_home / "models").mkdir(exist_ok=True)
+    (studio_home / "models" / Path(default_model).name).symlink_to(
+        default_model
+    )  # converted once per session
     page.goto(server.url)
     page.get_by_text("…or take one from the Hugging Face Hub").click()
     page.locator("#data-hub-id textarea").fill(DATASET)

@@ -18,7 +18,6 @@ from studio import hubclient, hubmodels, models
 SORTS = [("most downloaded", "downloads"), ("most liked", "likes"), ("recently updated", "last_modified")]
 RESULT_COLUMNS = ["Model", "Downloads", "Likes", "Updated", "Gated", "On this machine"]
 LOCAL_COLUMNS = ["Model", "State", "Size on disk", "Last used"]
-ICONS = {"fits": "🟢", "tight": "🟡", "will not fit": "🔴"}
 
 
 def results_frame(found: list[hubmodels.Found]) -> pd.DataFrame:
@@ -72,12 +71,15 @@ def on_select(evt: gr.SelectData) -> str:
 
 def details_markdown(look: hubmodels.Look) -> str:
     lines = look.lines()
-    head, rest = lines[0], lines[1:]
-    out = [f"**{html.escape(head)}**", ""]
-    for line in rest:
+    out = [f"**{html.escape(lines[0])}**", ""]
+    for line in lines[1:]:
         method, _, verdict = line.partition(": ")
-        icon = next((i for word, i in ICONS.items() if verdict.startswith(word)), "")
-        out.append(f"- {icon} {html.escape(line)}" if method in look.fit else f"- {html.escape(line)}")
+        if method in look.fit:  # the verdict word first and bold: "LoRA: **fits** (~1.2 GB of ...)"
+            word, _, rest = verdict.partition(" (")
+            line = f"{method}: **{word}**" + (f" ({rest}" if rest else "")
+            out.append(f"- {line}")
+        else:
+            out.append(f"- {html.escape(line)}")
     files = "".join(f"<li>{html.escape(n)} — {hubclient.human_bytes(s)}</li>" for n, s in look.files.items())
     out.append(f"\n<details><summary>Files that would be downloaded</summary><ul>{files}</ul></details>")
     return "\n".join(out)

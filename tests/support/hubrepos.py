@@ -48,17 +48,24 @@ class StubRepo:
         return self.size(path) >= LFS_THRESHOLD
 
     def blob_id(self, path: str) -> str:
-        data = self.files[path].read_bytes()
-        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        return self._digests[path][0]
 
     @cached_property
-    def _sha256(self) -> dict[str, str]:
-        return {
-            p: hashlib.sha256(self.files[p].read_bytes()).hexdigest() for p in self.files if self.is_lfs(p)
-        }
+    def _digests(self) -> dict[str, tuple[str, str]]:
+        """path -> (git blob sha1, sha256), read once in chunks (model weights can be large)."""
+        digests = {}
+        for path, local in self.files.items():
+            blob = hashlib.sha1(b"blob %d\0" % local.stat().st_size)
+            whole = hashlib.sha256()
+            with open(local, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    blob.update(chunk)
+                    whole.update(chunk)
+            digests[path] = (blob.hexdigest(), whole.hexdigest())
+        return digests
 
     def sha256(self, path: str) -> str:
-        return self._sha256[path]
+        return self._digests[path][1]
 
     def etag(self, path: str) -> str:
         """The Hub's ETag: the LFS sha256 for large files, the git blob id otherwise."""
