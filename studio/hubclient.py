@@ -70,18 +70,28 @@ def unreachable_line() -> str:
     )
 
 
-def status_line(timeout: float = 4.0) -> str:
-    """One line saying whether the Hub answers, for the top of the Models view."""
+def reachable(timeout: float = 4.0) -> bool:
+    """One quick request, no retries: does the Hub answer at all?"""
     if offline():
-        return unreachable_line()
+        return False
     from huggingface_hub.utils import get_session
 
     try:
         response = get_session().get(f"{endpoint()}/api/models", params={"limit": 1}, timeout=timeout)
-        response.raise_for_status()
     except Exception:  # any failure to get an answer means the same thing to the user
-        return unreachable_line()
-    return f"The Hub answers at {endpoint()}."
+        return False
+    return response.status_code < 500
+
+
+def require_reachable() -> None:
+    """Raise HubUnreachable at once (huggingface_hub's listings retry for ~25 s before failing)."""
+    if not reachable():
+        raise HubUnreachable(unreachable_line())
+
+
+def status_line() -> str:
+    """One line saying whether the Hub answers, for the top of the Models view."""
+    return f"The Hub answers at {endpoint()}." if reachable() else unreachable_line()
 
 
 def _access_line(repo_id: str, kind: str, has_token: bool, gated: bool) -> str:

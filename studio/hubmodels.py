@@ -76,10 +76,16 @@ class Look:
     def lines(self) -> list[str]:
         params = f"{human_count(self.n_params)} parameters" if self.n_params else "parameters unknown"
         template = {True: "has a chat template", False: "no chat template (pick one in the Data tab)"}
+        gated = "not gated"
+        if self.gated:
+            gated = (
+                "gated: accept its license on the Hub first"
+                if self.access
+                else "gated, and your token has access"
+            )
         lines = [
             f"{self.repo_id}: {params}; download {human_bytes(self.download_bytes)} in {len(self.files)} files",
-            f"License: {self.license or 'not stated'}; {'gated: accept its license on the Hub first' if self.gated else 'not gated'}"
-            + ("; private" if self.private else ""),
+            f"License: {self.license or 'not stated'}; {gated}" + ("; private" if self.private else ""),
             f"Chat template: {template.get(self.has_chat_template, 'unknown until the license is accepted')}",
         ]
         lines += [f"{method}: {verdict}" for method, verdict in self.fit.items()]
@@ -104,6 +110,7 @@ def search(query: str = "", sort: str = "downloads", limit: int = 20) -> list[Fo
     if sort not in SORTS:
         raise ValueError(f"sort {sort!r} must be one of {', '.join(SORTS)}")
     have = set(models.downloaded_ids())
+    hubclient.require_reachable()
     with hubclient.calling():
         found = hubclient.api().list_models(
             search=query.strip() or None, pipeline_tag="text-generation", sort=sort, limit=limit

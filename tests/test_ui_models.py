@@ -118,7 +118,7 @@ def test_gated_model_with_the_stored_token_and_delete(served, studio_home, page,
             page.get_by_role("tab", name="Models", exact=True).click()
             page.locator("#models-repo textarea").fill(GATED)
             page.get_by_role("button", name="Show details", exact=True).click()
-            page.locator("#models-details").get_by_text("gated: accept its license").wait_for()
+            page.locator("#models-details").get_by_text("gated, and your token has access").wait_for()
             page.locator("#models-download").click()
             page.locator("#models-progress [data-state='done']").wait_for(timeout=60_000)
             page.locator("#models-local").get_by_text(GATED, exact=True).filter(visible=True).first.wait_for()
