@@ -234,6 +234,7 @@ def test_full_disk_is_refused_before_downloading(hub, monkeypatch):
 
 
 def test_hub_dataset_previewed_checked_and_saved(hub):
+    assert data_hub.search("instr") == [DATASET] and data_hub.search("nothing-like-it") == []
     found = data_hub.layout(DATASET)
     assert found.configs == {
         "default": {

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from studio.publish import hub as publish_hub
 from tests.support.app import AppServer, screenshot
@@ -154,7 +155,12 @@ def test_hub_dataset_in_the_data_tab(default_model, studio_home, online_app, pag
     )  # converted once per session
     page.goto(server.url)
     page.get_by_text("…or take one from the Hugging Face Hub").click()
-    page.locator("#data-hub-id textarea").fill(DATASET)
+    page.get_by_label("Search datasets").fill("instructions")
+    page.get_by_role("button", name="Search", exact=True).click()
+    page.get_by_text("1 datasets: pick one").wait_for()
+    page.locator("#data-hub-found input").click()
+    page.get_by_role("option", name=DATASET).click()
+    expect(page.locator("#data-hub-id textarea")).to_have_value(DATASET)
     page.get_by_role("button", name="Look at it", exact=True).click()
     preview = page.locator("#data-hub-preview")
     preview.get_by_text("What is the boiling point of water at sea level?").filter(

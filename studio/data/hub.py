@@ -67,6 +67,14 @@ class Layout:
         return splits[split]
 
 
+def search(query: str = "", limit: int = 20) -> list[str]:
+    """Ids of Hub datasets whose id contains `query`, most downloaded first."""
+    hubclient.require_reachable()
+    with hubclient.calling(kind="dataset"):
+        found = hubclient.api().list_datasets(search=query.strip() or None, sort="downloads", limit=limit)
+        return [d.id for d in found]
+
+
 def _check_id(repo_id: str) -> str:
     repo_id = (repo_id or "").strip()
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):

@@ -174,6 +174,16 @@ def on_save(path, name, method):
 TAKE = ["the first N rows", "a random sample of N rows"]
 
 
+def on_hub_search(query: str):
+    try:
+        found = data_hub.search(query or "")
+    except ValueError as exc:
+        return gr.update(choices=[], value=None), str(exc)
+    if not found:
+        return gr.update(choices=[], value=None), f"No dataset matches '{query}'."
+    return gr.update(choices=found, value=None), f"{len(found)} datasets: pick one, then press Look at it."
+
+
 def on_hub_look(dataset_id: str):
     """Configs, splits and a streamed preview of the first rows of a Hub dataset."""
     try:
@@ -245,6 +255,10 @@ def build_data_tab() -> None:
                 allow_custom_value=False,
             )
             with gr.Accordion("…or take one from the Hugging Face Hub", open=False, elem_id="data-hub"):
+                with gr.Row():
+                    hub_query = gr.Textbox(label="Search datasets", placeholder="e.g. alpaca", scale=3)
+                    hub_search = gr.Button("Search", size="sm", scale=1)
+                hub_found = gr.Dropdown([], label="Found", elem_id="data-hub-found")
                 hub_id = gr.Textbox(
                     label="Dataset id", placeholder="e.g. tatsu-lab/alpaca", elem_id="data-hub-id"
                 )
@@ -314,6 +328,8 @@ def build_data_tab() -> None:
     )
     save_btn.click(on_save, [path, name, method], [choice, saved_md])
     model.focus(lambda: gr.update(choices=models.local_specs()), None, model)
+    gr.on([hub_search.click, hub_query.submit], on_hub_search, hub_query, [hub_found, hub_note])
+    hub_found.input(lambda found: found, hub_found, hub_id)
     gr.on(
         [hub_look.click, hub_id.submit], on_hub_look, hub_id, [hub_config, hub_split, hub_preview, hub_note]
     )
