@@ -64,8 +64,9 @@ def _wait_run_completed(page, timeout: float = 240) -> None:
 def test_search_details_download_then_train(online_app, page, studio_home):
     hub, server = online_app
     page.goto(server.url)
-    page.get_by_role("tab", name="Models", exact=True).click()
-    page.get_by_text(f"The Hub answers at {hub.url}").wait_for()
+    page.get_by_role("tab", name="Train", exact=True).click()
+    page.get_by_role("button", name="Search the Hub for a model…").filter(visible=True).click()
+    page.get_by_text(f"The Hub answers at {hub.url}").wait_for()  # the model field opened the Models tab
     page.locator("#models-query textarea").fill("tiny")
     page.get_by_role("button", name="Search", exact=True).click()
     results = page.locator("#models-results")

@@ -19,6 +19,7 @@ from studio import models
 from studio.chat import engine as chat
 from studio.prefs import store as prefs
 from studio.train import runs
+from studio.ui import common
 
 BASE_CHOICE = ("base model (no adapter)", "base")
 
@@ -292,6 +293,7 @@ def build_chat_tab() -> None:
     with gr.Row():
         mem = gr.Markdown(memory_text, elem_id="chat-memory")
         refresh_btn = gr.Button("Refresh adapters", size="sm")
+        find_model = gr.Button("Search the Hub for a model…", size="sm")
         unload_btn = gr.Button("Unload and free memory", size="sm")
     blind = gr.Checkbox(True, label="Blind A/B: shuffle the sides each turn and hide the names until I vote")
     with gr.Accordion("System prompt and generation settings (both sides)", open=False):
@@ -340,6 +342,7 @@ def build_chat_tab() -> None:
     stop_btn.click(on_turn_done, [state], [state, reveal], cancels=[sending, submitting, resending])
     clear_btn.click(on_clear, None, [left, right, state, reveal, speed])
     base.focus(lambda: gr.update(choices=models.local_specs()), None, base)
+    find_model.click(None, js=common.OPEN_MODELS_TAB)
     load_btn.click(on_load, [base, side_a, side_b], [mem])
     unload_btn.click(on_unload, None, [mem])
     refresh_btn.click(

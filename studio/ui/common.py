@@ -75,3 +75,10 @@ def format_duration(seconds: float | None) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+# A model field's "Search the Hub" button: opens the Models tab in the page (no server round trip).
+OPEN_MODELS_TAB = """() => {
+  const tab = [...document.querySelectorAll('button[role="tab"]')].find((b) => b.textContent.trim() === "Models");
+  if (tab) { tab.click(); window.scrollTo(0, 0); }
+}"""

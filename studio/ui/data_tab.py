@@ -288,6 +288,7 @@ def build_data_tab() -> None:
                 info="'default' (embedded SmolLM2-135M-Instruct) and the models on this machine; or type a local folder or any Hub id (search in the Models tab)",
                 elem_id="data-model",
             )
+            find_model = gr.Button("Search the Hub for a model…", size="sm")
             template = gr.Dropdown(TEMPLATES, value=TEMPLATES[0], label="Chat template")
             max_length = gr.Number(1024, label="Max length (tokens)", precision=0, minimum=16)
             check_btn = gr.Button("Check dataset", variant="primary")
@@ -328,6 +329,7 @@ def build_data_tab() -> None:
     )
     save_btn.click(on_save, [path, name, method], [choice, saved_md])
     model.focus(lambda: gr.update(choices=models.local_specs()), None, model)
+    find_model.click(None, js=common.OPEN_MODELS_TAB)
     gr.on([hub_search.click, hub_query.submit], on_hub_search, hub_query, [hub_found, hub_note])
     hub_found.input(lambda found: found, hub_found, hub_id)
     gr.on(

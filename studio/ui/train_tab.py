@@ -19,6 +19,7 @@ import gradio as gr
 from studio import models, workspace
 from studio.data import store
 from studio.train import cluster, memory, preflight, recipes, runs
+from studio.ui import common
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
 TOP_KEYS = ("method", "model", "dataset")  # chosen at the top of the tab
@@ -239,7 +240,9 @@ def build_train_tab() -> None:
             info="processes / GPUs; more than 1 runs under accelerate launch",
             scale=1,
         )
-    refresh = gr.Button("Refresh dataset list", size="sm")
+    with gr.Row():
+        refresh = gr.Button("Refresh dataset list", size="sm")
+        find_model = gr.Button("Search the Hub for a model…", size="sm")
     with gr.Row():
         gr.Markdown(RANK_GUIDE)
         gr.Markdown(METHOD_GUIDE)
@@ -287,6 +290,7 @@ def build_train_tab() -> None:
         [dataset],
     )
     model.focus(lambda: gr.update(choices=models.local_specs()), None, model)
+    find_model.click(None, js=common.OPEN_MODELS_TAB)
     check_btn.click(on_check, top + widgets, [problems, mem, command])
     launch_btn.click(on_launch, top + widgets, [launched])
     cluster_btn.click(
