@@ -305,7 +305,11 @@ def test_command_line_twins(hub, studio_home, tmp_path):
     out = cli("models", "search", "tiny")
     assert out.returncode == 0 and MODEL in out.stdout and "gated" in out.stdout, out.stderr
     out = cli("models", "info", GATED)
-    assert out.returncode == 0 and "gated, and your token has access" in out.stdout and "QLoRA: fits" in out.stdout
+    assert (
+        out.returncode == 0
+        and "gated, and your token has access" in out.stdout
+        and "QLoRA: fits" in out.stdout
+    )
     assert "model.safetensors" in out.stdout, out.stderr
     out = cli("models", "pull", GATED)
     assert out.returncode == 0 and "is ready" in out.stdout and "done:" in out.stdout, out.stderr
