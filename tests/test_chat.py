@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from studio.chat import adapters
 from studio.chat import engine as chat
 
 GREEDY = chat.GenSettings(temperature=0, max_new_tokens=12, repetition_penalty=1.0)
@@ -98,7 +99,7 @@ def test_pair_runs_in_one_batch_and_equals_each_side_alone(engine, runs):
     base_alone = last(engine.stream(ASK, None, GREEDY)).text
     lora_alone = last(engine.stream(OTHER, lora, GREEDY)).text
     assert base_alone != last(engine.stream(ASK, lora, GREEDY)).text  # the adapter matters
-    forwards = count_forwards(engine._peft)
+    forwards = count_forwards(engine._adapters.peft)
     steps = list(engine.stream_pair(ASK, OTHER, None, lora, GREEDY))  # prompts of unequal length: padding
     assert forwards[0] == len(steps) == GREEDY.max_new_tokens  # ONE forward per step for both sides
     a, b = steps[-1]
@@ -167,12 +168,12 @@ def test_dora_is_merged_and_answers_like_unmerged_peft(engine, tiny_model, runs,
     expected = plain_greedy(unmerged.eval(), tiny_model, OTHER, GREEDY.max_new_tokens)
     dora = engine.add_adapter(runs / "dora-run")
     assert engine.serving(dora) == "DoRA merged"
-    merged = engine._routes[dora].model
+    merged = engine._adapters.routes[dora].model
     shared = merged.model.embed_tokens.weight.data_ptr() == engine._model.model.embed_tokens.weight.data_ptr()
     assert (
         shared
         and merged.model.layers[0].self_attn.k_proj.weight
-        is engine._params["model.layers.0.self_attn.k_proj.weight"]
+        is engine._adapters.params["model.layers.0.self_attn.k_proj.weight"]
     )
     assert last(engine.stream(OTHER, dora, GREEDY)).text == expected
     lora = engine.add_adapter(runs / "lora-run")
@@ -180,7 +181,7 @@ def test_dora_is_merged_and_answers_like_unmerged_peft(engine, tiny_model, runs,
     assert (a.text, b.text) == (expected, last(engine.stream(ASK, lora, GREEDY)).text)
 
     engine.remove_adapter(dora)
-    monkeypatch.setattr(chat, "_can_afford", lambda nbytes, device: False)
+    monkeypatch.setattr(adapters, "can_afford", lambda nbytes, device: False)
     slow = engine.add_adapter(runs / "dora-run")
     assert engine.serving(slow) == "DoRA unmerged (slow)"
     a, b = last(engine.stream_pair(OTHER, ASK, slow, lora, GREEDY))
@@ -190,7 +191,9 @@ def test_dora_is_merged_and_answers_like_unmerged_peft(engine, tiny_model, runs,
 def test_unload_frees_the_model(engine, runs):
     engine.add_adapter(runs / "lora-run")
     dora = engine.add_adapter(runs / "dora-run")
-    refs = [weakref.ref(engine._model), weakref.ref(engine._peft), weakref.ref(engine._routes[dora].model)]
+    loaded = engine._adapters
+    refs = [weakref.ref(loaded.model), weakref.ref(loaded.peft), weakref.ref(loaded.routes[dora].model)]
+    del loaded
     last(engine.stream(ASK, None, GREEDY))
     engine.unload()
     gc.collect()
@@ -215,7 +218,7 @@ def test_removing_the_last_adapter_mid_stream_keeps_the_base_answering(engine, r
     stream = engine.stream(ASK, None, GREEDY)
     next(stream)
     engine.remove_adapter(lora)
-    assert engine._peft is None and engine.adapters == {}  # adapter layers taken out again
+    assert engine._adapters.peft is None and engine.adapters == {}  # adapter layers taken out again
     assert last(stream).text == expected
 
 
@@ -237,7 +240,7 @@ def test_adapter_names_and_checks(engine, runs, tmp_path):
     checkpoint = runs / "lora-run" / "checkpoints" / "checkpoint-5"
     assert engine.add_adapter(checkpoint) == "lora-run-checkpoint-5"
     assert set(engine.adapters) == {"lora-run", "lora-run-checkpoint-5"}
-    assert chat.list_adapters(runs)[:3] == [
+    assert adapters.list_adapters(runs)[:3] == [
         runs / "busy.run/checkpoints/checkpoint-10",
         runs / "dora-run/adapter",
         runs / "lora-run/adapter",

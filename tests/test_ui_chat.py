@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import expect
 
 from studio import rundir, workspace
-from studio.prefs import store as prefs
+from studio.prefs import records, store
 from studio.train import runs
 from tests.support.app import ROOT, AppServer, screenshot
 from tests.support.tinymodel import build_tiny_model
@@ -106,10 +106,10 @@ def test_chat_ab_vote_edit_export_and_dpo_run(studio_home, page, tmp_path):
     finally:
         server.kill()  # SIGKILL: what the UI stored must already be on disk
 
-    [vote] = prefs.list_votes()
-    assert vote.edited == EDIT and vote.verdict == "left"
-    assert {vote.adapter_left, vote.adapter_right} == {"", str(studio_home / "runs" / "lora1" / "adapter")}
-    [record] = prefs.export_dpo()
+    [vote] = store.list_votes()
+    assert vote.edited == EDIT and vote.verdict == vote.shown_first  # "Left is better": the one shown first
+    assert (vote.adapter_a, vote.adapter_b) == ("", str(studio_home / "runs" / "lora1" / "adapter"))
+    [record] = records.export_dpo()
     assert record["chosen"] == [{"role": "assistant", "content": EDIT}]
 
     sets = [f"model={tiny}", "dataset=chat-votes", "max_steps=2"]

@@ -8,34 +8,32 @@ EOS. The decode loop is ours, not `generate`: it runs in the caller's thread, on
 leaves a generation thread behind, and each side samples from its own seeded generator, so a
 side's answer does not depend on what the other side is doing.
 
-Trade-offs chosen here (see the tests):
-- dtype: fp32 on CPU. bf16 decodes ~2x faster on this CPU but its greedy text drifts from fp32
-  after a few dozen tokens (1 of 4 prompts on SmolLM2-135M), so it is opt-in (`dtype="bfloat16"`).
-  On CUDA "auto" means bf16 where supported.
-- DoRA: PEFT refuses DoRA in mixed batches and unmerged DoRA decodes ~7x slower, so a DoRA adapter
-  is merged into a private copy of only the weights it touches (everything else is shared with the
-  base). When memory is short, it is served unmerged instead: correct, but slow.
+dtype: fp32 on CPU. bf16 decodes ~2x faster on this CPU but its greedy text drifts from fp32
+after a few dozen tokens (1 of 4 prompts on SmolLM2-135M), so it is opt-in (`dtype="bfloat16"`).
+On CUDA "auto" means bf16 where supported.
 
-Streams yield `Reply` objects (text so far, tokens, elapsed seconds, tokens_per_s, finish);
-`stream_pair` yields one per side. A DoRA copy or an unmerged DoRA adapter runs as its own
-forward pass next to the shared batch. Knows nothing about the UI, training or the preference store.
+Which adapters are loaded and which model serves each (a merged DoRA copy runs as its own forward
+pass next to the shared batch) is studio.chat.adapters' business; this module turns routes into
+rows, batches and tokens. Streams yield `Reply` objects (text so far, tokens, elapsed seconds,
+tokens_per_s, finish); `stream_pair` yields one per side. Knows nothing about the UI, training,
+the A/B turn (studio.chat.session) or the preference store.
 """
 
 from __future__ import annotations
 
 import gc
-import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from studio import models, workspace
+from studio import models
+from studio.chat.adapters import BASE, LoadedAdapters, Route, adapter_folder, adapter_label, list_adapters
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-_HEADROOM_MB = 512  # memory left free after making a merged DoRA copy
+# adapter helpers stay importable from here: code written against the one-module engine uses them
+__all__ = ["BASE", "ChatEngine", "GenSettings", "Reply", "adapter_folder", "adapter_label"]
+__all__ += ["get_engine", "list_adapters", "memory"]
 
 
 @dataclass
@@ -93,71 +91,6 @@ def memory() -> dict:
     return {"rss_mb": round(rss, 1), "accelerator_mb": None if accel is None else round(accel, 1)}
 
 
-def adapter_folder(path: str | Path) -> Path:
-    """The adapter folder behind a run folder, its `adapter/`, or a `checkpoints/checkpoint-N`."""
-    folder = Path(path).expanduser()
-    if (folder / "adapter_config.json").is_file():
-        return folder.resolve()
-    if (folder / "adapter" / "adapter_config.json").is_file():
-        return (folder / "adapter").resolve()
-    checkpoints = [str(c) for c in _checkpoints(folder)]
-    if checkpoints:
-        raise ValueError(
-            f"{folder} has no final adapter yet (training has not finished): "
-            f"pick one of its checkpoints instead: {', '.join(checkpoints)}"
-        )
-    raise ValueError(
-        f"{folder} holds no adapter: expected adapter_config.json there, in {folder / 'adapter'}, "
-        "or in a checkpoints/checkpoint-N folder; pick a run that has finished or saved a checkpoint"
-    )
-
-
-def _checkpoints(run: Path) -> list[Path]:
-    found = [c for c in (run / "checkpoints").glob("checkpoint-*") if (c / "adapter_config.json").is_file()]
-    return sorted(
-        found, key=lambda c: int(c.name.rsplit("-", 1)[1]) if c.name.rsplit("-", 1)[1].isdigit() else 0
-    )
-
-
-def list_adapters(runs_root: Path | None = None) -> list[Path]:
-    """Every adapter the chat can load: each run's final adapter, then its checkpoints by step."""
-    root = Path(runs_root) if runs_root else workspace.runs_dir()
-    if not root.is_dir():
-        return []
-    found: list[Path] = []
-    for run in sorted(p for p in root.iterdir() if p.is_dir()):
-        if (run / "adapter" / "adapter_config.json").is_file():
-            found.append(run / "adapter")
-        found.extend(_checkpoints(run))
-    return found
-
-
-def adapter_label(folder: Path) -> str:
-    """A short, PEFT-safe name: `<run>` for a final adapter, `<run>-checkpoint-N` for a checkpoint.
-
-    >>> adapter_label(Path("/w/runs/sft.v2/checkpoints/checkpoint-40"))
-    'sft_v2-checkpoint-40'
-    """
-    folder = Path(folder)
-    if folder.parent.name == "checkpoints":
-        label = f"{folder.parent.parent.name}-{folder.name}"
-    elif folder.name == "adapter":
-        label = folder.parent.name
-    else:
-        label = folder.name
-    return re.sub(r"[^A-Za-z0-9_-]", "_", label) or "adapter"
-
-
-def _same_base(declared: str, spec: str, path: str) -> bool:
-    """Whether an adapter's recorded base names the loaded base (folders move between machines)."""
-    if not declared or declared in (spec, path):
-        return True
-    if Path(declared).expanduser().exists() and Path(declared).expanduser().resolve() == Path(path).resolve():
-        return True
-    # "HuggingFaceTB/SmolLM2-135M-Instruct" and ".../models/SmolLM2-135M-Instruct" are the same model
-    return Path(declared.rstrip("/")).name == Path(path.rstrip("/")).name
-
-
 def _text(content) -> str:
     """Message content as plain text; Gradio 6 may send a list of blocks instead of a string."""
     if isinstance(content, str):
@@ -189,19 +122,10 @@ def _prompt_ids(tokenizer, messages: list[dict], system_prompt: str) -> list[int
 
 
 @dataclass
-class _Route:
-    """Where one side runs: a merged DoRA copy, or None for the shared base weights."""
-
-    model: object
-    name: str  # BASE, a LoRA adapter, or a DoRA adapter
-    mixed: bool  # True: may share a batch with other mixed routes on the same model
-
-
-@dataclass
 class _Group:
     """Rows that go through one forward pass together, with their own KV cache."""
 
-    route: _Route
+    route: Route
     rows: list[int]
     names: list[str]
     cache: object = None
@@ -237,34 +161,6 @@ def _device_and_dtype(dtype: str):
     ):
         raise ValueError("this CPU has no native bfloat16: use dtype 'float32' (or 'auto')")
     return device, choices[dtype]
-
-
-def _can_afford(nbytes: int, device) -> bool:
-    """Whether `nbytes` more still leaves _HEADROOM_MB free on the device that would hold them."""
-    import psutil
-    import torch
-
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else psutil.virtual_memory().available
-    return free - nbytes > _HEADROOM_MB * 2**20
-
-
-def _put(root, dotted: str, tensor, buffer: bool) -> None:
-    owner_name, _, leaf = dotted.rpartition(".")
-    owner = root.get_submodule(owner_name) if owner_name else root
-    (owner._buffers if buffer else owner._parameters)[leaf] = tensor
-
-
-def _adapter_config(folder: Path) -> dict:
-    path = folder / "adapter_config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable ({exc}); save the adapter again with save_pretrained") from exc
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        raise ValueError(
-            f"{path}: peft_type is {config.get('peft_type')!r}; the chat serves LoRA and DoRA adapters only"
-        )
-    return config
 
 
 def _pick(logits, seen: set[int], settings: GenSettings, generator) -> int:
@@ -303,30 +199,29 @@ class ChatEngine:
     def _reset(self) -> None:
         self.spec: str | None = None
         self.dtype: str | None = None
-        self._model = None  # the transformers model; PEFT injects adapter layers into it in place
-        self._peft = None  # PeftModel around _model once an adapter is added
+        self._adapters: LoadedAdapters | None = None  # the base model and what is injected into it
         self._tokenizer = None
         self._device = None
-        self._path = ""
-        self._params: dict = {}  # base parameters by their plain name, shared with DoRA copies
-        self._buffers: dict = {}
-        self._folders: dict[str, Path] = {}
-        self._routes: dict[str, _Route] = {}
         self._eos: set[int] = set()
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        return self._adapters is not None
+
+    @property
+    def _model(self):
+        """The base transformers model (None when nothing is loaded)."""
+        return None if self._adapters is None else self._adapters.model
 
     @property
     def adapters(self) -> dict[str, Path]:
         """Loaded adapters: name -> folder."""
-        return dict(self._folders)
+        return {} if self._adapters is None else dict(self._adapters.folders)
 
     def serving(self, adapter: str) -> str:
         """How an adapter is served: 'LoRA', 'DoRA merged' or 'DoRA unmerged (slow)'."""
-        route = self._routes[adapter]
-        return "LoRA" if route.mixed else "DoRA unmerged (slow)" if route.model is None else "DoRA merged"
+        self._require_loaded()
+        return self._adapters.serving(adapter)
 
     def load(
         self, base_spec: str, progress: Callable[[float, str], None] | None = None, dtype: str = "auto"
@@ -344,10 +239,9 @@ class ChatEngine:
             eos = model.generation_config.eos_token_id
             self._eos = {tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos])
             self._eos.discard(None)
-            self._params = dict(model.named_parameters(remove_duplicate=False))
-            self._buffers = dict(model.named_buffers(remove_duplicate=False))
-            self._model, self._tokenizer, self._device = model, tokenizer, device
-            self.spec, self.dtype, self._path = base_spec, dtype, models.resolve(base_spec)
+            self._adapters = LoadedAdapters(model, base_spec, models.resolve(base_spec), device)
+            self._tokenizer, self._device = tokenizer, device
+            self.spec, self.dtype = base_spec, dtype
         progress(1.0, f"{base_spec} ready for chat")
 
     def _require_loaded(self) -> None:
@@ -356,118 +250,17 @@ class ChatEngine:
 
     def add_adapter(self, path: str | Path) -> str:
         """Load a run's adapter or a checkpoint; returns its name (the same name when added twice)."""
-        folder = adapter_folder(path)
-        config = _adapter_config(folder)
+        folder = adapter_folder(path)  # a bad folder is reported even before a model is loaded
         with self._lock:
             self._require_loaded()
-            for name, known in self._folders.items():
-                if known == folder:
-                    return name
-            declared = str(config.get("base_model_name_or_path") or "")
-            if not _same_base(declared, self.spec, self._path):
-                raise ValueError(
-                    f"{folder}: this adapter was trained on {declared!r} but the chat has {self.spec!r} loaded; "
-                    f"load {declared!r} as the base model to chat with it"
-                )
-            self._check_shapes(folder)
-            name = label = adapter_label(folder)
-            suffix = 2
-            while name in self._folders or name == BASE:
-                name, suffix = f"{label}-{suffix}", suffix + 1
-            self._inject(folder, name)
-            try:
-                route = self._dora_route(name) if config.get("use_dora") else _Route(None, name, True)
-            except BaseException:
-                self._forget(name)
-                raise
-            self._folders[name], self._routes[name] = folder, route
-            return name
-
-    def _check_shapes(self, folder: Path) -> None:
-        """Refuse an adapter made for another architecture before PEFT half-injects it."""
-        from safetensors import safe_open
-
-        file = folder / "adapter_model.safetensors"
-        if not file.is_file():
-            return  # a .bin adapter: PEFT's own load reports mismatches
-        with safe_open(str(file), "pt") as weights:
-            for key in weights.keys():  # noqa: SIM118 (safe_open is not iterable)
-                found = re.match(r"base_model\.model\.(.+)\.lora_([AB])\.weight$", key)
-                if not found:
-                    continue
-                base = self._params.get(f"{found[1]}.weight")
-                shape = weights.get_slice(key).get_shape()
-                axis = 1 if found[2] == "A" else 0
-                want, got = (None if base is None else base.shape[axis]), shape[axis]
-                if want != got:
-                    raise ValueError(
-                        f"{file}: layer {found[1]} does not match {self.spec!r} (adapter {got} vs model {want} "
-                        "features): it was trained on another base model; load that model to chat with it"
-                    )
-
-    def _inject(self, folder: Path, name: str) -> None:
-        from peft import PeftModel
-
-        if self._peft is None:
-            self._peft = PeftModel.from_pretrained(
-                self._model, str(folder), adapter_name=name, is_trainable=False
-            )
-            self._peft.eval()
-        else:
-            self._peft.load_adapter(str(folder), adapter_name=name, is_trainable=False)
-
-    def _dora_route(self, name: str) -> _Route:
-        """Merge a DoRA adapter into a copy of the weights it touches; unmerged when memory is short."""
-        import torch
-        from peft.tuners.lora import LoraLayer
-        from transformers import AutoModelForCausalLM
-
-        layers = [
-            (f"{module_name}.weight", module)
-            for module_name, module in self._peft.base_model.model.named_modules()
-            if isinstance(module, LoraLayer) and name in module.lora_magnitude_vector
-        ]
-        weights = [module.get_base_layer().weight for _, module in layers]
-        if not _can_afford(sum(w.numel() * w.element_size() for w in weights), self._device):
-            return _Route(None, name, mixed=False)
-        with torch.no_grad():
-            merged = {
-                key: m.lora_variant[name].merge_safe(m, name, m.get_base_layer().weight.data)
-                for key, m in layers
-            }
-        with torch.device("meta"):
-            clone = AutoModelForCausalLM.from_config(self._model.config)
-        for key, param in self._params.items():
-            new = merged.get(key)
-            _put(
-                clone,
-                key,
-                param if new is None else torch.nn.Parameter(new, requires_grad=False),
-                buffer=False,
-            )
-        for key, buffer in self._buffers.items():
-            _put(clone, key, buffer, buffer=True)
-        clone.generation_config = self._model.generation_config
-        self._forget(name)
-        return _Route(clone.eval(), name, mixed=False)
+            return self._adapters.add(folder)
 
     def remove_adapter(self, name: str) -> None:
         """Forget one adapter and free what only it used."""
         with self._lock:
-            route = self._routes.pop(name, None)
-            self._folders.pop(name, None)
-            if route is not None and route.model is None:
-                self._forget(name)
+            if self._adapters is not None:
+                self._adapters.remove(name)
         _free()
-
-    def _forget(self, name: str) -> None:
-        """Delete an adapter from the PEFT model; with none left, take the adapter layers out again."""
-        self._peft.delete_adapter(name)
-        left = list(self._peft.peft_config)
-        if not left:
-            self._model, self._peft = self._peft.unload(), None
-        elif self._peft.active_adapter not in left:
-            self._peft.set_adapter(left[0])  # PEFT keeps pointing at the deleted one otherwise
 
     def unload(self) -> None:
         """Drop the base model and every adapter; open streams end with finish 'unloaded'."""
@@ -475,14 +268,6 @@ class ChatEngine:
             self._epoch += 1
             self._reset()
         _free()
-
-    def _route(self, adapter: str | None) -> _Route:
-        if adapter is None or adapter == BASE:
-            return _Route(None, BASE, True)
-        if adapter not in self._routes:
-            loaded = ", ".join(self._routes) or "none"
-            raise ValueError(f"chat: adapter {adapter!r} is not loaded (loaded: {loaded}); add it first")
-        return self._routes[adapter]
 
     def stream(
         self,
@@ -516,7 +301,7 @@ class ChatEngine:
         settings = (settings or GenSettings()).check()
         with self._lock:
             self._require_loaded()
-            routes = [self._route(adapter) for _, adapter in sides]
+            routes = [self._adapters.route(adapter) for _, adapter in sides]
             seed = settings.seed
             prompts = [
                 _prompt_ids(self._tokenizer, messages, settings.system_prompt) for messages, _ in sides
@@ -567,30 +352,18 @@ class ChatEngine:
 
         route = group.route
         # the shared weights are looked up per step: removing the last adapter unwraps the PeftModel
-        model = (
-            route.model if route.model is not None else self._peft if self._peft is not None else self._model
-        )
+        peft = self._adapters.peft
+        model = route.model if route.model is not None else self._adapters.shared
         with torch.inference_mode():
-            if group.cache is None:
-                prompts = [rows[i].prompt for i in group.rows]
-                width = max(len(p) for p in prompts)
-                pad = self._tokenizer.pad_token_id
-                pad = min(self._eos, default=0) if pad is None else pad  # masked out: any id will do
-                ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-                group.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-                group.positions = (group.mask.cumsum(-1) - 1).clamp(min=0)
-            else:
-                ids = group.next_ids
-                group.mask = torch.cat([group.mask, torch.ones_like(ids)], dim=1)
-                group.positions = group.positions[:, -1:] + 1
+            ids = self._next_input(group, rows)
             kwargs = {
                 "attention_mask": group.mask.to(self._device),
                 "position_ids": group.positions.to(self._device),
             }
-            if model is self._peft and route.mixed:
+            if model is peft and route.mixed:
                 kwargs["adapter_names"] = group.names
-            elif model is self._peft:
-                self._peft.set_adapter(route.name)  # unmerged DoRA cannot join a mixed batch
+            elif model is peft:
+                peft.set_adapter(route.name)  # unmerged DoRA cannot join a mixed batch
             out = model(
                 input_ids=ids.to(self._device),
                 past_key_values=group.cache,
@@ -611,6 +384,23 @@ class ChatEngine:
                     row.seen.add(token)
                 picks.append(ids[j, -1].item() if token is None else token)
             group.next_ids = torch.tensor(picks).unsqueeze(1)
+
+    def _next_input(self, group: _Group, rows: list[_Row]):
+        """The ids to feed next: the left-padded prompts first, then each row's last pick."""
+        import torch
+
+        if group.cache is None:
+            prompts = [rows[i].prompt for i in group.rows]
+            width = max(len(p) for p in prompts)
+            pad = self._tokenizer.pad_token_id
+            pad = min(self._eos, default=0) if pad is None else pad  # masked out: any id will do
+            group.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            group.positions = (group.mask.cumsum(-1) - 1).clamp(min=0)
+            return torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        ids = group.next_ids
+        group.mask = torch.cat([group.mask, torch.ones_like(ids)], dim=1)
+        group.positions = group.positions[:, -1:] + 1
+        return ids
 
 
 def _advance(row: _Row, tokenizer, eos: frozenset, finish: str | None, limit: int, now: float) -> None:

@@ -1,37 +1,31 @@
 """Chat tab: the base model and tuned adapters side by side, one prompt for both panes, blind
 A/B votes and edited answers stored as preference pairs.
 
-Column A and column B are the two models chosen at the top. Each keeps its own conversation.
-In blind mode each turn flips a coin for which column the LEFT pane shows, and the names stay
-hidden until the vote. After a vote both columns continue from the chosen answer, so the next
-pair answers one shared conversation.
+Model A and model B are the two models chosen at the top. The turn itself (columns, blind shuffle,
+vote, edit, regenerate, adopting the winner) is studio.chat.session; this tab keeps only the
+session id in gr.State and turns widget values into session calls and the session into panes.
+The left pane shows the answer the session shows first.
 """
 
 from __future__ import annotations
 
-import random
 import threading
-import uuid
 
 import gradio as gr
 
 from studio import models
 from studio.chat import engine as chat
-from studio.prefs import store as prefs
+from studio.chat import session as turns
 from studio.train import runs
 from studio.ui import common
 
-BASE_CHOICE = ("base model (no adapter)", "base")
-
-
-def _state() -> dict:
-    return {
-        "hist": {"A": [], "B": []},
-        "screen": {"left": [], "right": []},
-        "swap": False,
-        "last": None,
-        "session": uuid.uuid4().hex[:12],
-    }
+BASE_CHOICE = ("base model (no adapter)", turns.BASE_SIDE)
+VOTE_BUTTONS = {  # elem_id -> the user's pick, in screen terms
+    "chat-vote-left": "first",
+    "chat-vote-right": "second",
+    "chat-vote-tie": "tie",
+    "chat-vote-both-bad": "both_bad",
+}
 
 
 def adapter_choices() -> list[tuple[str, str]]:
@@ -47,14 +41,6 @@ def _settings(system, temperature, top_p, max_new, rep, seed) -> chat.GenSetting
         seed=int(seed),
         system_prompt=system or "",
     ).check()
-
-
-def _engine_for(
-    base: str, side_a: str, side_b: str, progress=None
-) -> tuple[chat.ChatEngine, str | None, str | None]:
-    engine = chat.get_engine(base or "default", progress)
-    names = [None if side in (None, "", "base") else engine.add_adapter(side) for side in (side_a, side_b)]
-    return engine, names[0], names[1]
 
 
 def memory_text() -> str:
@@ -79,10 +65,10 @@ def training_warning() -> str:
 
 def on_load(base, side_a, side_b, progress=gr.Progress()):  # noqa: B008 - Gradio injects it
     try:
-        engine, a, b = _engine_for(base, side_a, side_b, lambda f, m: progress(f, desc=m))
+        engine, names, _ = turns.open_sides(base, side_a, side_b, lambda f, m: progress(f, desc=m))
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
-    served = [engine.serving(n) if n else "base" for n in (a, b)]
+    served = [engine.serving(n) if n else "base" for n in names]
     gr.Info(f"Ready: A = {served[0]}, B = {served[1]}")
     return memory_text()
 
@@ -92,190 +78,129 @@ def on_unload():
     return memory_text()
 
 
-def _labels(swap: bool, blind: bool, side_a: str, side_b: str) -> tuple[str, str]:
+def _choice_label(value: str) -> str:
+    return dict((v, k) for k, v in adapter_choices()).get(value or turns.BASE_SIDE, value)
+
+
+def _titles(turn: turns.Turn, blind: bool) -> tuple[str, str]:
     """Pane titles: hidden in blind mode until the vote, else the model each pane shows."""
     if blind:
         return "Left (hidden until you vote)", "Right (hidden until you vote)"
-    left, right = (side_b, side_a) if swap else (side_a, side_b)
-    return f"Left: {_choice_label(left)}", f"Right: {_choice_label(right)}"
+    first, second = (turn.sides[column].adapter for column in turn.order)
+    return f"Left: {_choice_label(first)}", f"Right: {_choice_label(second)}"
 
 
-def _speed(left: chat.Reply, right: chat.Reply) -> str:
+def _speed(first: chat.Reply, second: chat.Reply) -> str:
     def one(reply: chat.Reply) -> str:
         done = f" ({reply.finish})" if reply.finish else ""
         return f"{reply.tokens} tokens, {reply.tokens_per_s:.1f} tok/s{done}"
 
-    return f"left: {one(left)} · right: {one(right)}"
+    return f"left: {one(first)} · right: {one(second)}"
 
 
-def on_send(prompt, state, base, side_a, side_b, blind, system, temperature, top_p, max_new, rep, seed):
+def on_send(prompt, session_id, base, side_a, side_b, blind, system, temperature, top_p, max_new, rep, seed):
     """Stream both answers into the two panes (a generator: Stop cancels it, which stops decoding)."""
-    if not (prompt or "").strip():
-        gr.Warning("Type a message first.")
-        yield gr.update(), gr.update(), state, gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
-        return
+    session_id = session_id or turns.new_id()
+    session = turns.get(session_id)
+    stop = threading.Event()
     try:
+        turns.require_prompt(prompt)  # before loading anything
         settings = _settings(system, temperature, top_p, max_new, rep, seed)
-        engine, a, b = _engine_for(base, side_a, side_b)
+        engine, names, sides = turns.open_sides(base, side_a, side_b)
+        replies = session.send(prompt, engine, names, sides, settings, bool(blind), stop)
+    except turns.TurnError as exc:
+        gr.Warning(str(exc))
+        yield (
+            gr.update(),
+            gr.update(),
+            session_id,
+            gr.update(),
+            gr.update(),
+            gr.update(),
+            gr.update(),
+            gr.update(),
+        )
+        return
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
-    state = {**state, "swap": bool(blind) and random.random() < 0.5, "last": None}
-    titles = _labels(state["swap"], bool(blind), side_a, side_b)
-    user = {"role": "user", "content": prompt}
-    prompts = {side: [*state["hist"][side], user] for side in "AB"}
-    stop = threading.Event()
+    turn = session.last
+    titles = _titles(turn, bool(blind))
     cleared = ""  # the prompt box empties once; what the user types meanwhile is kept
     try:
-        for reply_a, reply_b in engine.stream_pair(prompts["A"], prompts["B"], a, b, settings, stop):
-            state = _with_answers(state, prompts, reply_a.text, reply_b.text, settings, base, side_a, side_b)
-            left, right = (reply_b, reply_a) if state["swap"] else (reply_a, reply_b)
+        for reply_a, reply_b in replies:
+            first, second = session.panes()
+            by_column = {"A": reply_a, "B": reply_b}
             yield (
-                gr.update(value=state["screen_now"]["left"], label=titles[0]),
-                gr.update(value=state["screen_now"]["right"], label=titles[1]),
-                state,
+                gr.update(value=first, label=titles[0]),
+                gr.update(value=second, label=titles[1]),
+                session_id,
                 cleared if cleared is not None else gr.update(),
                 "",
-                _speed(left, right),
+                _speed(*(by_column[column] for column in turn.order)),
                 training_warning(),
                 memory_text(),
             )
             cleared = None
     finally:
         stop.set()  # the page closed or Stop was pressed: end decoding now
+        replies.close()
 
 
-def _with_answers(state, prompts, text_a, text_b, settings, base, side_a, side_b) -> dict:
-    answers = {"A": text_a, "B": text_b}
-    left, right = ("B", "A") if state["swap"] else ("A", "B")
-    screen_now = {
-        pane: [*state["screen"][pane], prompts["A"][-1], {"role": "assistant", "content": answers[col]}]
-        for pane, col in (("left", left), ("right", right))
-    }
-    last = {
-        "prompts": prompts,
-        "answers": answers,
-        "settings": vars(settings).copy(),
-        "models": {"A": (base, side_a), "B": (base, side_b)},
-        "vote": None,  # (vote id, verdict) once voted
-        "committed": False,
-    }
-    return {**state, "screen_now": screen_now, "last": last}
+def on_turn_done(session_id):
+    """Both answers are complete (or stopped): the turn can be voted on."""
+    if not session_id or not turns.get(session_id).finish():
+        return gr.update()
+    return "Both answers are in. Which one is better? Vote below, or write a better answer."
 
 
-def on_turn_done(state):
-    """Commit the finished (or stopped) turn into each column's own history, once."""
-    last = (state or {}).get("last")
-    if not last or last["committed"] or "screen_now" not in state:
-        return state, gr.update()
-    hist = {
-        side: [*last["prompts"][side], {"role": "assistant", "content": last["answers"][side]}]
-        for side in "AB"
-    }
-    done = {**state, "hist": hist, "screen": state["screen_now"], "last": {**last, "committed": True}}
-    return done, "Both answers are in. Which one is better? Vote below, or write a better answer."
+def _reveal(turn: turns.Turn, edited: bool) -> str:
+    first, second = (_choice_label(turn.sides[column].adapter) for column in turn.order)
+    what = "Your answer was saved as the chosen one. " if edited else ""
+    picked = {"first": "left", "second": "right"}.get(turn.pick, turn.pick.replace("_", " "))
+    return f"Vote #{turn.vote_id} saved ({picked}). {what}Left was **{first}**, right was **{second}**."
 
 
-def on_vote(verdict, edited, state):
-    """Store a vote (or an edit) for the last turn; an edit after a vote replaces that vote."""
-    last = (state or {}).get("last")
-    if not last:
-        gr.Warning("Send a message first: there is nothing to vote on yet.")
-        return state, gr.update(), gr.update()
-    if not last["committed"]:
-        gr.Warning("Wait for both answers to finish (or press Stop) before voting.")
-        return state, gr.update(), gr.update()
-    edited = (edited or "").strip() or None
-    if last["vote"] and not edited:
-        gr.Warning("This turn already has a vote. Send the next message, or write a better answer.")
-        return state, gr.update(), gr.update()
-    if last["vote"]:
-        verdict = last["vote"][1]  # the edit polishes the answer already picked
+def on_vote(session_id, evt: gr.EventData):
+    """One handler for the four vote buttons: which one was clicked is the event's target."""
+    return _vote(session_id, lambda session: session.vote(VOTE_BUTTONS[evt.target.elem_id]), edited=False)
+
+
+def on_save_edit(edited, session_id):
+    return _vote(session_id, lambda session: session.save_edit(edited), edited=True)
+
+
+def _vote(session_id, action, edited: bool):
     try:
-        vote_id = _record(last, verdict, edited, state)
-        if last["vote"]:
-            prefs.delete_vote(last["vote"][0])  # after the new row is stored: a crash loses nothing
+        turn = action(turns.get(session_id or turns.new_id()))
+    except turns.TurnError as exc:
+        gr.Warning(str(exc))
+        return gr.update(), gr.update()
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
-    state = _adopt_winner(state, verdict, edited)
-    state["last"] = {**last, "vote": (vote_id, verdict)}
-    (_, side_a), (_, side_b) = last["models"]["A"], last["models"]["B"]
-    left, right = (side_b, side_a) if state["swap"] else (side_a, side_b)
-    what = "Your answer was saved as the chosen one. " if edited else ""
-    reveal = (
-        f"Vote #{vote_id} saved ({verdict.replace('_', ' ')}). {what}"
-        f"Left was **{_choice_label(left)}**, right was **{_choice_label(right)}**."
-    )
-    gr.Info(f"Vote #{vote_id} saved")
-    return state, reveal, ""
+    gr.Info(f"Vote #{turn.vote_id} saved")
+    return _reveal(turn, edited), ""
 
 
-def _record(last: dict, verdict: str, edited: str | None, state: dict) -> int:
-    (base_a, adapter_a), (base_b, adapter_b) = last["models"]["A"], last["models"]["B"]
-    system = last["settings"].get("system_prompt") or ""
-    messages = ([{"role": "system", "content": system}] if system else []) + last["prompts"]["A"]
-    return prefs.record_vote(
-        messages,
-        last["answers"]["A"],
-        last["answers"]["B"],
-        verdict,
-        model_left=base_a,
-        adapter_left=_adapter_name(adapter_a),
-        model_right=base_b,
-        adapter_right=_adapter_name(adapter_b),
-        shown_left="right" if state["swap"] else "left",
-        edited=edited,
-        settings=last["settings"],
-        session_id=state["session"],
-    )
+def on_clear(session_id):
+    if session_id:
+        turns.get(session_id).clear()
+    return [], [], "", ""
 
 
-def on_save_edit(edited, state):
-    if not (edited or "").strip():
-        gr.Warning("Write your answer first.")
-        return state, gr.update(), gr.update()
-    return on_vote("both_bad", edited, state)
-
-
-def _adapter_name(side: str | None) -> str:
-    return "" if side in (None, "", "base") else str(side)
-
-
-def _adopt_winner(state: dict, verdict: str, edited: str | None) -> dict:
-    """Both columns continue from the chosen answer (the edit, or the winner's text)."""
-    last = state["last"]
-    columns = {"left": "B" if state["swap"] else "A", "right": "A" if state["swap"] else "B"}
-    chosen = edited or (last["answers"][columns[verdict]] if verdict in columns else None)
-    if chosen is None:
-        return dict(state)
-    hist = {
-        side: [*h[:-1], {"role": "assistant", "content": chosen}] if h else h
-        for side, h in state["hist"].items()
-    }
-    return {**state, "hist": hist}
-
-
-def on_clear():
-    return [], [], _state(), "", ""
-
-
-def on_regenerate(state, seed):
-    """Drop the last turn from both histories and put its prompt back, with the next seed."""
-    last = (state or {}).get("last")
-    if not last or not last["committed"]:
-        raise gr.Error("Nothing to regenerate yet: send a message and let it finish first.")
-    prompt = last["prompts"]["A"][-1]["content"]
-    hist = {side: h[:-2] for side, h in state["hist"].items()}
-    screen = {pane: s[:-2] for pane, s in state["screen"].items()}
-    new = {**state, "hist": hist, "screen": screen, "last": None}
-    return new, screen["left"], screen["right"], prompt, int(seed or 0) + 1
-
-
-def _choice_label(value: str) -> str:
-    return dict((v, k) for k, v in adapter_choices()).get(value, value or "base")
+def on_regenerate(session_id, seed):
+    """Drop the last turn from both conversations and put its prompt back, with the next seed."""
+    try:
+        session = turns.get(session_id or turns.new_id())
+        prompt = session.regenerate()
+    except turns.TurnError as exc:
+        raise gr.Error(str(exc)) from None
+    first, second = session.panes()
+    return first, second, prompt, int(seed or 0) + 1
 
 
 def build_chat_tab() -> None:
-    state = gr.State(_state())
+    # only the session's id lives in the page; the turns live in studio.chat.session's registry
+    session_id = gr.State(turns.new_id, delete_callback=turns.forget)
     warning = gr.Markdown(training_warning)  # a callable: re-read on every page load
     with gr.Row():
         base = gr.Dropdown(
@@ -317,12 +242,12 @@ def build_chat_tab() -> None:
         regen_btn = gr.Button("Regenerate")
         clear_btn = gr.Button("Clear")
     with gr.Row():
-        votes = {
-            "left": gr.Button("Left is better"),
-            "right": gr.Button("Right is better"),
-            "tie": gr.Button("Tie"),
-            "both_bad": gr.Button("Both are bad"),
-        }
+        vote_btns = [
+            gr.Button("Left is better", elem_id="chat-vote-left"),
+            gr.Button("Right is better", elem_id="chat-vote-right"),
+            gr.Button("Tie", elem_id="chat-vote-tie"),
+            gr.Button("Both are bad", elem_id="chat-vote-both-bad"),
+        ]
     edited = gr.Textbox(
         label="Edit: write a better answer (it becomes the chosen one)", lines=3, elem_id="chat-edit"
     )
@@ -330,17 +255,17 @@ def build_chat_tab() -> None:
     reveal = gr.Markdown(elem_id="chat-reveal")
 
     settings = [system, temperature, top_p, max_new, rep, seed]
-    send_inputs = [prompt, state, base, side_a, side_b, blind, *settings]
-    send_outputs = [left, right, state, prompt, reveal, speed, warning, mem]
-    sending = send_btn.click(on_send, send_inputs, send_outputs, show_progress="minimal")
-    sending.then(on_turn_done, [state], [state, reveal])
-    submitting = prompt.submit(on_send, send_inputs, send_outputs, show_progress="minimal")
-    submitting.then(on_turn_done, [state], [state, reveal])
-    regenerating = regen_btn.click(on_regenerate, [state, seed], [state, left, right, prompt, seed])
+    send_inputs = [prompt, session_id, base, side_a, side_b, blind, *settings]
+    send_outputs = [left, right, session_id, prompt, reveal, speed, warning, mem]
+    sending = gr.on(
+        [send_btn.click, prompt.submit], on_send, send_inputs, send_outputs, show_progress="minimal"
+    )
+    sending.then(on_turn_done, [session_id], [reveal])
+    regenerating = regen_btn.click(on_regenerate, [session_id, seed], [left, right, prompt, seed])
     resending = regenerating.success(on_send, send_inputs, send_outputs, show_progress="minimal")
-    resending.then(on_turn_done, [state], [state, reveal])
-    stop_btn.click(on_turn_done, [state], [state, reveal], cancels=[sending, submitting, resending])
-    clear_btn.click(on_clear, None, [left, right, state, reveal, speed])
+    resending.then(on_turn_done, [session_id], [reveal])
+    stop_btn.click(on_turn_done, [session_id], [reveal], cancels=[sending, resending])
+    clear_btn.click(on_clear, [session_id], [left, right, reveal, speed])
     base.focus(lambda: gr.update(choices=models.local_specs()), None, base)
     find_model.click(None, js=common.OPEN_MODELS_TAB)
     load_btn.click(on_load, [base, side_a, side_b], [mem])
@@ -350,6 +275,5 @@ def build_chat_tab() -> None:
         None,
         [side_a, side_b, warning],
     )
-    for verdict, button in votes.items():
-        button.click(lambda s, v=verdict: on_vote(v, None, s), [state], [state, reveal, edited])
-    save_edit.click(on_save_edit, [edited, state], [state, reveal, edited])
+    gr.on([button.click for button in vote_btns], on_vote, [session_id], [reveal, edited])
+    save_edit.click(on_save_edit, [edited, session_id], [reveal, edited])

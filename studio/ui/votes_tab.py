@@ -7,32 +7,28 @@ import gradio as gr
 import pandas as pd
 
 from studio import workspace
-from studio.prefs import store as prefs
+from studio.prefs import records, report, store
 
-COLUMNS = ["id", "time", "verdict", "left model", "right model", "prompt", "edited"]
+COLUMNS = ["id", "time", "preferred", "model A", "model B", "shown first", "prompt", "edited"]
+PREFERRED = {"A": "A", "B": "B", "tie": "tie", "both_bad": "both bad"}
 
 
 def votes_frame(limit: int = 200) -> pd.DataFrame:
     rows = []
     try:
-        votes = prefs.list_votes(limit=limit)
+        votes = store.list_votes(limit=limit)
     except ValueError:  # an unreadable studio.db: the report above says what to do
         votes = []
     for vote in votes:
         prompt = next((m["content"] for m in reversed(vote.messages) if m["role"] == "user"), "")
-        shown = {
-            "left": (vote.model_left, vote.adapter_left),
-            "right": (vote.model_right, vote.adapter_right),
-        }
-        screen_left = shown[vote.shown_left]
-        screen_right = shown["right" if vote.shown_left == "left" else "left"]
         rows.append(
             [
                 vote.id,
                 vote.created_at,
-                vote.verdict,
-                prefs.model_label(*screen_left),
-                prefs.model_label(*screen_right),
+                PREFERRED.get(vote.verdict, vote.verdict),
+                report.model_label(vote.model_a, vote.adapter_a),
+                report.model_label(vote.model_b, vote.adapter_b),
+                vote.shown_first,
                 prompt[:120],
                 "yes" if vote.edited else "",
             ]
@@ -42,7 +38,7 @@ def votes_frame(limit: int = 200) -> pd.DataFrame:
 
 def report_markdown() -> str:
     try:
-        r = prefs.quality_report()
+        r = report.quality_report()
     except ValueError as exc:
         return f"**The vote database cannot be read.** {exc}"
     if not r.total:
@@ -52,7 +48,8 @@ def report_markdown() -> str:
         f"**{r.total} votes** → **{r.usable_pairs} usable pairs** "
         f"({r.ties_left_out} ties and {r.both_bad_left_out} 'both bad' left out, "
         f"{r.identical_pairs} identical pairs left out, {r.edited} edited answers)",
-        f"- Position bias: the left side won {r.left_wins} of {r.decisive} decisive votes ({pct(r.position_bias)})",
+        f"- Position bias: the answer shown first (left) won {r.shown_first_wins} of {r.decisive} "
+        f"decisive votes ({pct(r.position_bias)})",
         f"- Length bias: the longer answer won {r.longer_wins} of {r.length_votes} ({pct(r.length_bias)})",
     ]
     lines += [f"- ⚠ {note}" for note in r.notes()]
@@ -65,7 +62,7 @@ def on_refresh():
 
 def on_delete(vote_id):
     try:
-        prefs.delete_vote(int(vote_id))
+        store.delete_vote(int(vote_id))
     except (ValueError, TypeError) as exc:
         gr.Warning(str(exc))
     return on_refresh()
@@ -73,17 +70,17 @@ def on_delete(vote_id):
 
 def on_export(kind: str):
     path = workspace.exports_dir() / ("votes-dpo.jsonl" if kind == "DPO" else "votes-kto.jsonl")
-    records = prefs.export_dpo(path) if kind == "DPO" else prefs.export_kto(path)
-    if not records:
-        gr.Warning("No usable votes to export yet: vote left or right, or write a better answer.")
+    rows = records.export_dpo(path) if kind == "DPO" else records.export_kto(path)
+    if not rows:
+        gr.Warning("No usable votes to export yet: pick the better answer, or write a better one.")
         return None, "**Nothing exported.** Ties and 'both bad' without an edit make no pairs."
-    gr.Info(f"Exported {len(records)} records")
-    return str(path), f"Exported **{len(records)} {kind} records** to `{path}`"
+    gr.Info(f"Exported {len(rows)} records")
+    return str(path), f"Exported **{len(rows)} {kind} records** to `{path}`"
 
 
 def on_save(name: str, kind: str):
     try:
-        entry = prefs.save_as_dataset((name or "").strip(), "preference" if kind == "DPO" else "kto")
+        entry = records.save_as_dataset((name or "").strip(), "preference" if kind == "DPO" else "kto")
     except ValueError as exc:
         gr.Warning(str(exc))
         return f"**Not saved.** {exc}"
