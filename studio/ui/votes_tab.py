@@ -94,7 +94,12 @@ def on_save(name: str, kind: str):
 def build_votes_tab() -> None:
     report = gr.Markdown(report_markdown, elem_id="votes-report")  # callables: fresh on page load
     table = gr.Dataframe(
-        votes_frame, label="Votes (newest first)", interactive=False, wrap=True, elem_id="votes-table"
+        votes_frame,
+        label="Votes (newest first)",
+        interactive=False,
+        wrap=True,
+        column_widths=["5%", "13%", "10%", "22%", "22%", "8%", "14%", "6%"],  # one per COLUMNS
+        elem_id="votes-table",
     )
     with gr.Row():
         refresh = gr.Button("Refresh")
