@@ -110,16 +110,7 @@ def on_send(prompt, session_id, base, side_a, side_b, blind, system, temperature
         replies = session.send(prompt, engine, names, sides, settings, bool(blind), stop)
     except turns.TurnError as exc:
         gr.Warning(str(exc))
-        yield (
-            gr.update(),
-            gr.update(),
-            session_id,
-            gr.update(),
-            gr.update(),
-            gr.update(),
-            gr.update(),
-            gr.update(),
-        )
+        yield (gr.update(), gr.update(), session_id, *(gr.update(),) * 5)  # nothing changes
         return
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
