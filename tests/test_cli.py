@@ -36,8 +36,8 @@ def test_data_save_lists_the_dataset_for_the_train_tab(tmp_path, capsys):
 
 
 def test_votes_list_report_export_save_and_delete(tmp_path, capsys):
-    first = prefs.record_vote(ASK, "Paris.", "Lyon.", "left", model_left="default", model_right="default")
-    prefs.record_vote(ASK, "Paris!", "Rome.", "right", model_left="default", model_right="default")
+    first = prefs.record_vote(ASK, "Paris.", "Lyon.", "A", model_a="default", model_b="default")
+    prefs.record_vote(ASK, "Paris!", "Rome.", "B", model_a="default", model_b="default")
     code, out, _ = _run(["votes", "list"], capsys)
     assert code == 0 and len(out.strip().splitlines()) == 2 and "capital of France" in out
     code, out, _ = _run(["votes", "report"], capsys)
