@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 from studio import rundir, workspace
 from studio.prefs import records, store
 from studio.train import runs
-from tests.support.app import ROOT, AppServer, screenshot
+from tests.support.app import ROOT, screenshot
 from tests.support.tinymodel import build_tiny_model
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -93,11 +93,11 @@ def _export_and_save(page, studio_home) -> None:
     screenshot(page, "votes")
 
 
-def test_chat_ab_vote_edit_export_and_dpo_run(studio_home, page, tmp_path):
+def test_chat_ab_vote_edit_export_and_dpo_run(studio_home, page, tmp_path, app):
     tiny = build_tiny_model(tmp_path / "tiny-llama")
     (studio_home / "runs").mkdir(exist_ok=True)
     training = _train_adapter(tiny, studio_home / "runs" / "lora1")
-    server = AppServer(studio_home).start()  # starts while the adapter trains
+    server = app()  # starts while the adapter trains
     try:
         assert training.wait(timeout=180) == 0, (studio_home / "runs" / "lora.log").read_text()[-3000:]
         page.goto(server.url)

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from studio.publish import hub as publish_hub
-from tests.support.app import AppServer, screenshot
+from tests.support.app import screenshot
 from tests.support.hubrepos import model_repo, sample_dataset_repo
 from tests.support.hubstub import HubStub
 from tests.support.tinymodel import build_tiny_model
@@ -38,16 +38,16 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture
-def online_app(served, studio_home, tmp_path):
+def online_app(served, studio_home, tmp_path, app):
     with HubStub(
         tokens={TOKEN: "read"}, served=served, throttle=4_000_000, log_path=tmp_path / "access.log"
     ) as hub:
         env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_TOKEN": ""}
-        server = AppServer(studio_home, env=env).start()
+        server = app(env)
         try:
             yield hub, server
         finally:
-            server.kill()
+            server.kill()  # before the stand-in Hub stops
 
 
 def _wait_run_completed(page, timeout: float = 240) -> None:
@@ -112,11 +112,11 @@ def test_search_details_download_then_train(online_app, page, studio_home):
     assert f"model: {MODEL}" in (runs[0] / "recipe.yaml").read_text()
 
 
-def test_gated_model_with_the_stored_token_and_delete(served, studio_home, page, tmp_path):
+def test_gated_model_with_the_stored_token_and_delete(served, studio_home, page, tmp_path, app):
     publish_hub.remember_token(TOKEN)  # what the Hub tab's "remember" does
     with HubStub(tokens={TOKEN: "read"}, served=served, log_path=tmp_path / "access.log") as hub:
         env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_TOKEN": ""}
-        server = AppServer(studio_home, env=env).start()
+        server = app(env)
         try:
             page.goto(server.url)
             page.get_by_role("tab", name="Models", exact=True).click()
