@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "studio.train.commands",  # train, runs, cluster
     "studio.prefs.commands",  # votes
     "studio.publish.commands",  # push, export
+    "studio.serve.commands",  # serve
 )
 
 

@@ -269,6 +269,45 @@ class ChatEngine:
             self._reset()
         _free()
 
+    # --- for decode loops outside this module (the API server admits requests between steps) ---
+    pick = staticmethod(_pick)  # next token for one row, as `stream` picks it
+
+    def parts(self) -> tuple:
+        """(tokenizer, EOS ids, context window, epoch) of the loaded base; the epoch changes on load."""
+        with self._lock:
+            self._require_loaded()
+            window = int(getattr(self._model.config, "max_position_embeddings", 0) or 1 << 20)
+            return self._tokenizer, frozenset(self._eos), window, self._epoch
+
+    def prompt_ids(self, messages: list[dict], system_prompt: str = "") -> list[int]:
+        """The prompt's token ids exactly as `stream` reads them (ValueError on a bad message)."""
+        with self._lock:
+            self._require_loaded()
+            return _prompt_ids(self._tokenizer, messages, system_prompt)
+
+    def group_key(self, adapter: str | None) -> tuple:
+        """Rows with equal keys may share one `forward` (the same weights; PEFT mixed batch)."""
+        with self._lock:
+            self._require_loaded()
+            route = self._adapters.route(adapter)
+            return (id(route.model), route.mixed or route.name)
+
+    def forward(self, adapters: list[str | None], **inputs):
+        """One forward pass for rows of equal `group_key`, one adapter (None: base) per row."""
+        import torch
+
+        with self._lock, torch.inference_mode():
+            self._require_loaded()
+            routes = [self._adapters.route(adapter) for adapter in adapters]
+            route, peft = routes[0], self._adapters.peft
+            model = route.model if route.model is not None else self._adapters.shared
+            if model is peft and route.mixed:
+                inputs["adapter_names"] = [r.name for r in routes]
+            elif model is peft:
+                peft.set_adapter(route.name)  # unmerged DoRA cannot join a mixed batch
+            inputs = {k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            return model(**inputs)
+
     def stream(
         self,
         messages: list[dict],

@@ -11,6 +11,7 @@ from studio.ui.data_tab import build_data_tab
 from studio.ui.hub_tab import build_hub_tab
 from studio.ui.models_tab import build_models_tab
 from studio.ui.runs_tab import build_runs_tab
+from studio.ui.serve_tab import build_serve_tab
 from studio.ui.train_tab import build_train_tab
 from studio.ui.votes_tab import build_votes_tab
 
@@ -40,6 +41,8 @@ def build_app() -> gr.Blocks:
                 build_votes_tab()
             with gr.Tab("Hub", id="hub"):
                 build_hub_tab()
+            with gr.Tab("API", id="serve"):
+                build_serve_tab()
     return demo
 
 
