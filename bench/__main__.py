@@ -3,17 +3,17 @@
 Each number is a ratio of two contenders measured interleaved in this run (medians of rounds).
 `--quick` is CI-sized; the full run takes a long time on a small CPU: run it when the machine is idle.
 
-Run as: python -m bench [--quick] [--only chat,data,train,app] [--install-llama-cpp] [--no-write]
+Run as: python -m bench [--quick] [--only chat,data,serve,train,app] [--install-llama-cpp] [--no-write]
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import app, chat, data, train
+from bench import app, chat, data, serve, train
 from bench.common import bench_parser, publish
 
-BENCHES = {"data": data.run, "chat": chat.run, "app": app.run, "train": train.run}
+BENCHES = {"data": data.run, "chat": chat.run, "serve": serve.run, "app": app.run, "train": train.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -271,3 +271,20 @@ def test_the_key_is_required_and_never_logged(tiny_model, runs, studio_home):
     assert "401" in log and "200" in log  # requests were logged...
     assert "sk-studio-****cdef" in log  # ...and the key only masked
     assert secret not in log and wrong not in log
+
+
+def test_a_failed_step_answers_500_and_the_server_goes_on(served, url, monkeypatch):
+    real, calls = served.engine.forward, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory on the accelerator")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(served.engine, "forward", fails_once)
+    oai = OpenAI(base_url=url, api_key="unused", max_retries=0)
+    with pytest.raises(openai.InternalServerError, match="out of memory on the accelerator"):
+        oai.chat.completions.create(model="base", messages=ASK, max_tokens=3)
+    again = oai.chat.completions.create(model="base", messages=ASK, temperature=0, max_tokens=3)
+    assert again.choices[0].message.content == alone(served, ASK, None, 3)[0]

@@ -228,16 +228,22 @@ class Batcher:
                     ticket = self._waiting.popleft()
                     if not ticket.cancelled.is_set():
                         admitted.append(ticket)
-            self._admit(admitted)
-            self._step()
-        self._end_all("the server is shutting down")
+            try:
+                self._admit(admitted)
+                self._step()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive one bad step
+                self._end_all(f"decoding failed ({type(exc).__name__}: {exc})", admitted, waiting=False)
+        self._end_all("the server is shutting down", [], waiting=True)
 
-    def _end_all(self, message: str) -> None:
+    def _end_all(self, message: str, admitted: list[Ticket], waiting: bool) -> None:
+        """End the requests in the batch (and the waiting ones, when closing) with an error piece."""
         with self._cond:
-            tickets = list(self._waiting) + [s.ticket for g in self._groups.values() for s in g.slots]
-            self._waiting.clear()
+            tickets = admitted + [s.ticket for g in self._groups.values() for s in g.slots]
+            if waiting:
+                tickets += list(self._waiting)
+                self._waiting.clear()
             self._groups.clear()
-        for ticket in tickets:
+        for ticket in dict.fromkeys(tickets):
             ticket._put(Piece("", "error", len(ticket.prompt), 0, message))
 
     def _admit(self, tickets: list[Ticket]) -> None:
@@ -305,19 +311,19 @@ class Batcher:
         group.cache = out.past_key_values
         logits = out.logits[:, -1, :].to("cpu", torch.float32, copy=True)
         picks, keep = [], []
+        tokenizer, eos, _, _ = self.engine.parts()
         for i, slot in enumerate(group.slots):
             token = self.engine.pick(logits[i], slot.seen, slot.ticket.settings, slot.generator)
             picks.append(token)
-            if self._take(slot, token):
+            if self._take(slot, token, tokenizer, eos):
                 keep.append(i)
         group.next_ids = torch.tensor(picks).unsqueeze(1)
         if len(keep) < len(group.slots):
             _keep(group, keep)
 
-    def _take(self, slot: _Slot, token: int) -> bool:
+    def _take(self, slot: _Slot, token: int, tokenizer, eos: frozenset) -> bool:
         """Add a token to a request and hand out its new text; False once the request has ended."""
         ticket = slot.ticket
-        tokenizer, eos, _, _ = self.engine.parts()
         finish = None
         if token in eos:
             finish = "stop"

@@ -4,6 +4,8 @@ use them. Shows where it answers, which model names to ask for, and how to conne
 
 from __future__ import annotations
 
+import shlex
+
 import gradio as gr
 
 from studio.chat import engine as chat
@@ -30,10 +32,13 @@ def status_markdown() -> str:
         names = client.list_models(state.url, key, timeout=5)
     except client.EndpointError:
         names = [state.model, *state.adapters]  # still starting: what it was asked to serve
+    argv = process.command(state.host, state.port, state.model, state.adapters)
+    shell = shlex.join(["python", *argv[1:]])
     return (
         f"**Serving** at `{state.url}` — model names: "
         + ", ".join(f"`{name}`" for name in names)
-        + f"\n\n{key_line}\n\nConnect with the `openai` package:\n"
+        + f"\n\n{key_line}\n\nThe same from a terminal: `{shell}`"
+        + "\n\nConnect with the `openai` package:\n"
         f'```python\nfrom openai import OpenAI\nclient = OpenAI(base_url="{state.url}", api_key="{"KEY" if key else "none"}")\n'
         f'client.chat.completions.create(model="{names[-1]}", messages=[{{"role": "user", "content": "Hi"}}])\n```'
     )
