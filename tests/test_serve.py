@@ -176,12 +176,17 @@ def test_errors_have_the_openai_shape_and_say_what_to_change(served, url):
         assert refused.value.param == field
     raw = httpx.post(f"{url}/chat/completions", content=b"{not json", timeout=30)
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"
-    text, _, _ = alone(served, ASK, None, 12)
-    stop = text[3:6]
-    cut = oai.chat.completions.create(model="base", messages=ASK, temperature=0, max_tokens=12, stop=[stop])
-    assert (
-        cut.choices[0].message.content == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
+    text, _, _ = alone(served, ASK, "lora-a", 12)
+    at = next(i for i in range(1, len(text) - 1) if text[i : i + 2].isalpha())  # a stop inside the answer
+    stop, before = text[at : at + 2], text[: text.find(text[at : at + 2])]
+    cut = oai.chat.completions.create(model="lora-a", messages=ASK, temperature=0, max_tokens=12, stop=[stop])
+    assert cut.choices[0].message.content == before and cut.choices[0].finish_reason == "stop"
+    streamed = oai.chat.completions.create(
+        model="lora-a", messages=ASK, temperature=0, max_tokens=12, stop=stop, stream=True
     )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == before
+    )  # no part of it sent
 
 
 def test_the_studio_client_speaks_the_same_protocol(served, url):
