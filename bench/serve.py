@@ -1,5 +1,7 @@
-"""API server benchmark: 8 streaming `openai` clients at once (continuous batching) against the
-same 8 requests one after another, on the default model with the base and two LoRA adapters mixed.
+"""API server benchmark: 8 streaming clients at once against the same 8 requests one at a time.
+
+Continuous batching vs sequential answers, on the default model with the base and two LoRA
+adapters mixed, through the official `openai` client.
 
 Both contenders talk to the same `python -m studio serve` app (in this process, on 127.0.0.1)
 through the official `openai` client; a warm-up request per model comes first; rounds alternate
@@ -11,7 +13,6 @@ Run as: python -m bench.serve [--quick]
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench.chat import PROMPTS, make_adapter
-from bench.common import Row, Section, append_results, bench_home, interleave, log, offline_env, report
+from bench.common import Row, Section, bench_home, bench_parser, interleave, log, offline_env, publish
 
 CLIENTS = 8
 
@@ -156,18 +157,11 @@ def run(quick: bool) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="16 tokens, 2 rounds")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    args = parser.parse_args(argv)
+    args = bench_parser(__doc__, prog="python -m bench.serve").parse_args(argv)
     section = run(args.quick)
-    text = report([section], "quick" if args.quick else "full", "API server run")
-    ratio = section.rows[0].ratio
-    print(text)
-    print(f"batched / sequential throughput: {ratio:.2f}x (load average now {_load()})")
-    if not args.no_write:
-        append_results(text)
-    return 0
+    code = publish([section], args.quick, "API server run", not args.no_write)
+    print(f"batched / sequential throughput: {section.rows[0].ratio:.2f}x (load average now {_load()})")
+    return code
 
 
 if __name__ == "__main__":
