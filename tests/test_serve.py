@@ -129,7 +129,7 @@ def test_eight_concurrent_streams_on_mixed_adapters_share_decode_steps(served, u
     assert steps < 0.5 * 16 * len(jobs), f"{steps} decode steps for 8 answers of 16 tokens: not batched"
 
 
-def test_disconnect_frees_the_slot_and_a_full_server_answers_429(served):
+def test_disconnect_frees_the_slot_and_a_full_server_answers_429(served, monkeypatch):
     small = api.Served(served.engine, Batcher(served.engine, max_batch=1, max_waiting=0), served.base_id)
     try:
         with api_server(small) as url:
@@ -149,8 +149,22 @@ def test_disconnect_frees_the_slot_and_a_full_server_answers_429(served):
                 time.sleep(0.05)
             assert small.batcher.load()["decoding"] == 0
             assert small.batcher.steps - steps_at_close < 50, "decoding went on after the client left"
-            again = oai.chat.completions.create(model="base", messages=ASK, max_tokens=2)
-            assert again.choices[0].finish_reason in ("stop", "length")
+            for _ in range(5):  # back to back: an answered request no longer holds the only slot
+                again = oai.chat.completions.create(model="base", messages=ASK, max_tokens=2)
+                assert again.choices[0].finish_reason in ("stop", "length")
+
+            real = served.engine.forward  # 20 ms a step: 400 tokens would take 8 s
+            slow = lambda *a, **k: (time.sleep(0.02), real(*a, **k))[1]  # noqa: E731
+            with monkeypatch.context() as patch:
+                patch.setattr(served.engine, "forward", slow)
+                body = {"model": "base", "messages": ASK, "max_tokens": 400}
+                with pytest.raises(httpx.ReadTimeout):  # a client that gives up on a whole answer
+                    httpx.post(f"{url}/chat/completions", json=body, timeout=1.0)
+                gave_up = small.batcher.steps
+                deadline = time.monotonic() + 5
+                while small.batcher.load()["decoding"] and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert small.batcher.load()["decoding"] == 0 and small.batcher.steps - gave_up < 100
     finally:
         small.batcher.close()
 

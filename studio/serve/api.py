@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -102,7 +102,26 @@ def load(
 
 
 def build_app(served: Served) -> FastAPI:
-    app = FastAPI(title="Tune Studio API", docs_url=None, redoc_url=None, openapi_url=None)
+    def require_key(request: Request) -> None:
+        # a dependency, not an HTTP middleware: those hide a client's disconnect from the routes
+        if request.url.path != "/health" and not keys.authorized(
+            request.headers.get("authorization"), served.key
+        ):
+            raise ApiError(
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the key this "
+                "server was started with",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    app = FastAPI(
+        title="Tune Studio API",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(require_key)],
+    )
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -114,20 +133,6 @@ def build_app(served: Served) -> FastAPI:
             exc.status_code, f"{exc.detail}: this server answers /v1/models and /v1/chat/completions"
         )
         return JSONResponse(error.body(), status_code=exc.status_code)
-
-    @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if request.url.path != "/health" and not keys.authorized(
-            request.headers.get("authorization"), served.key
-        ):
-            error = ApiError(
-                401,
-                "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the key this "
-                "server was started with",
-                code="invalid_api_key",
-            )
-            return JSONResponse(error.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
 
     @app.get("/health")
     async def health() -> dict:
@@ -185,13 +190,17 @@ async def _submit(batcher: Batcher, chat: protocol.ChatRequest, adapter: str | N
 
 
 async def _pieces(ticket: Ticket, request: Request):
-    """The ticket's pieces until it finishes; cancels it when the client goes away."""
+    """The ticket's pieces until it finishes; cancels it when the client goes away (checked every
+    POLL_S seconds, also while pieces keep coming: a non-streaming client sees none of them)."""
+    checked = time.monotonic()
     try:
         while True:
             piece = await ticket.get(POLL_S)
-            if piece is None:
+            if time.monotonic() - checked >= POLL_S:
                 if await request.is_disconnected():
                     return
+                checked = time.monotonic()
+            if piece is None:
                 continue
             yield piece
             if piece.finish is not None:

@@ -111,6 +111,11 @@ class _Slot:
     seen: set[int]
     tokens: list[int] = field(default_factory=list)
     sent: int = 0  # characters of text already handed out
+    done: bool = False  # answered or cancelled: its row leaves the batch at the end of this step
+
+    @property
+    def live(self) -> bool:
+        return not self.done and not self.ticket.cancelled.is_set()
 
 
 @dataclass
@@ -203,7 +208,8 @@ class Batcher:
         self._thread.join(timeout=30)
 
     def _decoding(self) -> int:
-        return sum(len(g.slots) for g in self._groups.values())
+        """Requests still being answered (a finished or cancelled one no longer holds a slot)."""
+        return sum(slot.live for g in self._groups.values() for slot in g.slots)
 
     def _free_slots(self) -> int:
         return self.max_batch - self._decoding() - len(self._waiting)
@@ -340,6 +346,7 @@ class Batcher:
             if text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                 return True
             text = text[: len(text) - _held_back(text, ticket.stop)]
+        slot.done = finish is not None  # before the last piece: its client may ask again at once
         if len(text) > slot.sent or finish is not None:
             ticket._put(Piece(text[slot.sent :], finish, len(ticket.prompt), len(slot.tokens)))
             slot.sent = max(slot.sent, len(text))
