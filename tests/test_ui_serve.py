@@ -9,16 +9,16 @@ from openai import OpenAI
 from playwright.sync_api import expect
 
 from studio.serve import process
-from tests.support.app import AppServer, _free_port, screenshot
+from tests.support.app import _free_port, screenshot
 from tests.support.runfolder import build_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def test_start_serving_a_run_answer_through_openai_and_stop(studio_home, tiny_model, page):
+def test_start_serving_a_run_answer_through_openai_and_stop(studio_home, tiny_model, page, app):
     build_run(studio_home / "runs", tiny_model, run_id="run-1")
     port = _free_port()
-    server = AppServer(studio_home).start()
+    server = app()
     try:
         page.goto(server.url)
         page.get_by_role("tab", name="API", exact=True).click()
@@ -53,4 +53,3 @@ def test_start_serving_a_run_answer_through_openai_and_stop(studio_home, tiny_mo
         assert process.status() is None
     finally:
         process.stop()
-        server.kill()
