@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "studio.prefs.commands",  # votes
     "studio.publish.commands",  # push, export
     "studio.serve.commands",  # serve
+    "studio.evaluate.commands",  # eval
 )
 
 

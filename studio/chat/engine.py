@@ -334,6 +334,15 @@ class ChatEngine:
         """A and B together: one batched forward per step when both run on the shared weights."""
         return self._decode([(messages_a, adapter_a), (messages_b, adapter_b)], settings, stop)
 
+    def stream_batch(
+        self,
+        requests: list[tuple[list[dict], str | None]],
+        settings: GenSettings,
+        stop: threading.Event | None = None,
+    ) -> Iterator[tuple[Reply, ...]]:
+        """Many (messages, adapter) rows decoded together (an evaluation): one Reply per row a step."""
+        return self._decode(list(requests), settings, stop)
+
     def _decode(self, sides: list, settings: GenSettings, stop: threading.Event | None):
         import torch
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from studio import models
+from studio.evaluate import evaldir, report
 from studio.publish.export import RunFolder, is_four_bit
 
 CURVE_NAME = "loss_curve.png"
@@ -183,6 +184,24 @@ def _probe_section(probes: dict | None) -> list[str]:
     return lines
 
 
+def _eval_section(run: RunFolder) -> list[str]:
+    """The newest evaluation's summary: what set, which judge, the win rate with its interval, n."""
+    summary = evaldir.latest_summary(run.path)
+    if not summary:
+        return []
+    summary = {**summary, "eval_set": _public(str(summary.get("eval_set", "")))}
+    return [
+        "## Evaluation",
+        "",
+        "Two models (A and B, named below) answered the same prompts greedily in Tune Studio; a judge "
+        "compared each pair in both orders (a split verdict counts as a tie). A win rate counts a "
+        "tie as half and comes with its 95% Wilson interval.",
+        "",
+        *report.summary_lines(summary),
+        "",
+    ]
+
+
 def model_card(run: RunFolder, repo_id: str, merged: bool, has_curve: bool) -> str:
     """The README.md text: YAML front matter, what was trained and how, results, usage, probes."""
     meta = _front_matter(run, merged)
@@ -214,5 +233,6 @@ def model_card(run: RunFolder, repo_id: str, merged: bool, has_curve: bool) -> s
         lines += [f"![Training loss]({CURVE_NAME})", ""]
     lines += ["## Recipe", "", *(recipe_lines(run.recipe) or ["- (recipe not recorded)"]), ""]
     lines += ["## Use it", "", _usage(repo_id, meta.get("base_model"), merged), ""]
+    lines += _eval_section(run)
     lines += _probe_section(run.probes)
     return "\n".join(lines).rstrip() + "\n"

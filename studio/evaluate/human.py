@@ -1,0 +1,65 @@
+"""Human verdicts for an evaluation: the blind A/B chat votes cast on the same two models.
+
+A vote counts when its two chat columns held exactly the evaluation's two models (in either
+column order). Its winner becomes "A", "B" or "tie" (a tie or "both bad" vote); its prompt is the
+last user message, which is how it is matched to the judge's verdict on the same prompt. Reads
+the preference store through its public functions only. Knows nothing about the UI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio.prefs import store as prefs
+
+
+@dataclass(frozen=True)
+class HumanVerdict:
+    vote_id: int
+    prompt: str
+    outcome: str  # "A" | "B" | "tie"
+
+
+def side_key(side: str, run_dir: Path) -> str:
+    """A side as the chat records it: "" for the base, else the adapter folder's resolved path."""
+    if side in ("", "base"):
+        return ""
+    folder = Path(run_dir) / "adapter" if side == "adapter" else Path(side).expanduser()
+    if (folder / "adapter" / "adapter_config.json").is_file():
+        folder = folder / "adapter"
+    return str(folder.resolve())
+
+
+def _adapter_key(value: str) -> str:
+    return str(Path(value).expanduser().resolve()) if value else ""
+
+
+def _last_user(messages: list[dict]) -> str:
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    content = users[-1].get("content") if users else ""
+    return " ".join(str(content or "").split())
+
+
+def _columns(vote: prefs.Vote) -> tuple[tuple[str, str], int | None]:
+    """The two columns' adapters and the index (0/1) of the one the user preferred (None: tie)."""
+    slot = prefs.winner_slot(vote)
+    winner = None if slot is None else (0 if slot == "left" else 1)
+    return (_adapter_key(vote.adapter_left), _adapter_key(vote.adapter_right)), winner
+
+
+def verdicts(key_a: str, key_b: str, votes: list[prefs.Vote] | None = None) -> list[HumanVerdict]:
+    """Every vote on the pair (key_a, key_b), as outcomes in the evaluation's terms."""
+    votes = prefs.all_votes() if votes is None else votes
+    out = []
+    for vote in votes:
+        columns, winner = _columns(vote)
+        if set(columns) != {key_a, key_b} or columns[0] == columns[1]:
+            continue
+        outcome = "tie" if winner is None else ("A" if columns[winner] == key_a else "B")
+        out.append(HumanVerdict(vote.id, _last_user(vote.messages), outcome))
+    return out
+
+
+def same_prompt(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split())
