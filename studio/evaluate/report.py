@@ -170,7 +170,7 @@ def headline(summary: dict) -> str:
     if not judge or not judge.get("n"):
         return "no judged win rate (no judge chosen, or nothing judged yet)"
     rate = stats.WinRate(judge["wins"], judge["ties"], judge["losses"])
-    return f"{summary['side_b']} vs {summary['side_a']}: win rate {rate.text()}"
+    return f"{summary.get('side_b', 'B')} vs {summary.get('side_a', 'A')}: win rate {rate.text()}"
 
 
 def compare(run_dirs: list[Path]) -> list[dict]:
@@ -193,17 +193,18 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 def summary_lines(summary: dict) -> list[str]:
     """The summary in plain words, one Markdown bullet a figure (the UI, the CLI and the card)."""
-    a, b = summary["side_a"], summary["side_b"]
+    a, b = summary.get("side_a", "?"), summary.get("side_b", "?")
+    seed = (summary.get("settings") or {}).get("seed", "?")
     lines = [
-        f"- eval set: {summary['eval_set']}, {summary['n_answered']} of {summary['n_prompts']} prompts "
-        f"answered (greedy, seed {summary['settings']['seed']})"
-        + (" — PARTIAL" if summary["partial"] else ""),
+        f"- eval set: {summary.get('eval_set', '?')}, {summary.get('n_answered', 0)} of "
+        f"{summary.get('n_prompts', 0)} prompts answered (greedy, seed {seed})"
+        + (" — PARTIAL" if summary.get("partial", True) else ""),
         f"- A = {a}, B = {b}",
     ]
     judge = summary.get("judge")
     if judge and judge.get("n"):
         rate = stats.WinRate(judge["wins"], judge["ties"], judge["losses"])
-        lines.append(f"- judge ({summary['judge_name']}, both orders): B's win rate {rate.text()}")
+        lines.append(f"- judge ({summary.get('judge_name', '?')}, both orders): B's win rate {rate.text()}")
     elif summary.get("judge_name"):
         lines.append("- judge: nothing judged yet")
     human_rate = summary.get("human")

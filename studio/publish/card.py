@@ -187,7 +187,7 @@ def _probe_section(probes: dict | None) -> list[str]:
 def _eval_section(run: RunFolder) -> list[str]:
     """The newest evaluation's summary: what set, which judge, the win rate with its interval, n."""
     summary = evaldir.latest_summary(run.path)
-    if not summary:
+    if not isinstance(summary, dict):
         return []
     summary = {**summary, "eval_set": _public(str(summary.get("eval_set", "")))}
     return [

@@ -8,6 +8,7 @@ from studio import workspace
 from studio.train import runs
 from studio.ui.chat_tab import build_chat_tab
 from studio.ui.data_tab import build_data_tab
+from studio.ui.evaluate_tab import build_evaluate_tab, select_run
 from studio.ui.hub_tab import build_hub_tab
 from studio.ui.models_tab import build_models_tab
 from studio.ui.runs_tab import build_runs_tab
@@ -26,7 +27,7 @@ footer { display: none !important; }
 def build_app() -> gr.Blocks:
     with gr.Blocks(title="Tune Studio") as demo:
         gr.Markdown("# Tune Studio\nBring data, see exactly what is trained, tune, compare, share.")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Data", id="data"):
                 build_data_tab()
             with gr.Tab("Models", id="models"):
@@ -34,7 +35,9 @@ def build_app() -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 build_train_tab()
             with gr.Tab("Runs", id="runs"):
-                build_runs_tab()
+                run_picked, evaluate_btn = build_runs_tab()
+            with gr.Tab("Evaluate", id="evaluate"):
+                eval_run = build_evaluate_tab()
             with gr.Tab("Chat", id="chat"):
                 build_chat_tab()
             with gr.Tab("Votes", id="votes"):
@@ -43,6 +46,11 @@ def build_app() -> gr.Blocks:
                 build_hub_tab()
             with gr.Tab("API", id="serve"):
                 build_serve_tab()
+        evaluate_btn.click(
+            lambda run_id: (gr.Tabs(selected="evaluate"), select_run(run_id)),
+            [run_picked],
+            [tabs, eval_run],
+        )
     return demo
 
 

@@ -169,7 +169,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def build_runs_tab() -> None:
+def _offer_evaluate(run_id: str | None):
+    """The "Evaluate" button, shown once the selected run has completed."""
+    try:
+        done = bool(run_id) and runs.get(run_id).state == "completed"
+    except ValueError:  # deleted meanwhile
+        done = False
+    return gr.update(visible=done)
+
+
+def build_runs_tab() -> tuple[gr.Dropdown, gr.Button]:
+    """The tab; returns the run picker and the "Evaluate" button (the app wires it to Evaluate)."""
     timer = gr.Timer(POLL_S)
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="Runs", interactive=False, wrap=True)
     with gr.Row():
@@ -177,6 +187,7 @@ def build_runs_tab() -> None:
         stop_btn = gr.Button("Stop", variant="stop", scale=1)
         resume_btn = gr.Button("Resume", scale=1)
         dup_btn = gr.Button("Duplicate as new run", scale=1)
+        evaluate_btn = gr.Button("Evaluate", variant="primary", scale=1, visible=False)
     with gr.Row():
         confirm = gr.Checkbox(False, label="yes, delete this run", scale=3)
         delete_btn = gr.Button("Delete run", scale=1)
@@ -199,6 +210,7 @@ def build_runs_tab() -> None:
 
     outputs = [table, selected, progress, loss_plot, lr_plot, pref_plot, log, probes]
     timer.tick(on_refresh, [selected], outputs, show_progress="hidden")
+    timer.tick(_offer_evaluate, [selected], [evaluate_btn], show_progress="hidden")
     selected.input(on_refresh, [selected], outputs, show_progress="hidden")
     stop_btn.click(on_stop, [selected], None)
     resume_btn.click(on_resume, [selected], None)
@@ -206,3 +218,4 @@ def build_runs_tab() -> None:
     delete_btn.click(on_delete, [selected, confirm], [confirm])
     to_compare.focus(lambda: gr.update(choices=[r.run_id for r in runs.list_runs()]), None, [to_compare])
     compare_btn.click(compare, [to_compare], [compare_plot, compare_table])
+    return selected, evaluate_btn
