@@ -236,23 +236,30 @@ def test_stop_ends_the_job_with_a_partial_summary(studio_home, tiny_model):
     assert summary["partial"] and 1 <= summary["n_answered"] < 20
 
 
-def test_bad_input_is_named_with_its_fix(studio_home, tiny_model, judge_server, tmp_path):
+def test_bad_input_is_named_with_its_fix(
+    studio_home, tiny_model, judge_server, tmp_path, capsys, monkeypatch
+):
+    from studio import cli
+
+    def run_eval(*args: str) -> tuple[int, str]:
+        code = cli.main(["eval", *args])
+        return code, capsys.readouterr().err
+
     run = make_run(studio_home, tiny_model, eval_split=0.0)
+    code, err = run_eval(str(run), "--max-new-tokens", "4")
+    assert code == 1 and "data.eval_split is 0" in err and "Traceback" not in err
+
     judging = tmp_path / "judge.txt"
     judging.write_text("Which is better? Say [[1]] or [[2]].")
-    proc = eval_cli(str(run), "--max-new-tokens", "4")
-    assert proc.returncode == 1 and "data.eval_split is 0" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    code, err = run_eval(str(run), "--prompt", "Hi", "--judge", "default", "--judge-prompt", str(judging))
+    assert code == 1 and "lacks {question}, {answer_1}, {answer_2}" in err
 
-    proc = eval_cli(str(run), "--prompt", "Hi", "--judge", "default", "--judge-prompt", str(judging))
-    assert proc.returncode == 1 and "lacks {question}, {answer_1}, {answer_2}" in proc.stderr
+    monkeypatch.setenv("OPENAI_API_KEY", "wrong")
+    code, err = run_eval(str(run), "--prompt", "Hi", "--max-new-tokens", "4", "--judge", judge_server.url)
+    assert code == 1 and "HTTP 401" in err and "check the API key" in err
 
-    proc = eval_cli(
-        str(run), "--prompt", "Hi", "--max-new-tokens", "4", "--judge", judge_server.url,
-        env={"OPENAI_API_KEY": "wrong"},
-    )  # fmt: skip
-    assert proc.returncode == 1 and "HTTP 401" in proc.stderr and "check the API key" in proc.stderr
-    assert eval_cli("no-such-run").returncode == 1
+    code, err = run_eval("no-such-run")
+    assert code == 1 and "run 'no-such-run' not found" in err
 
 
 def test_model_card_carries_the_eval_summary(studio_home, tiny_model, judge_server):
@@ -269,3 +276,24 @@ def test_model_card_carries_the_eval_summary(studio_home, tiny_model, judge_serv
     assert "judge (stand-in (OpenAI-compatible endpoint), both orders): B's win rate" in section
     assert "n=2" in section and "[" in section
     assert "127.0.0.1" not in text and str(studio_home) not in text
+
+
+def test_runs_are_compared_by_their_newest_evaluation(studio_home, tiny_model, judge_server):
+    from studio.ui.evaluate_tab import compare_table
+
+    first, second = (
+        make_run(studio_home, tiny_model, run_id="one"),
+        make_run(studio_home, tiny_model, run_id="two"),
+    )
+    config = evaldir.EvalConfig(eval_set="prompts", prompts=["Hi"], max_new_tokens=4)
+    config.judge, config.judge_model = judge_server.url, "stand-in"
+    pipeline.run(first, evaldir.create(first, config), key="sk-test-123")
+    table = compare_table(["one", "two"])  # "two" has no evaluation yet: no row, no error
+    assert list(table["run"]) == ["one"]
+    row = table.iloc[0]
+    summary = evaldir.latest_summary(first)
+    assert row["win rate [95%]"] == f"{summary['judge']['win_rate']:.2f} [{summary['judge']['low']:.2f}, " + (
+        f"{summary['judge']['high']:.2f}]"
+    )
+    assert row["n"] == 1 and " / " in row["general ppl A/B"]
+    assert second.is_dir()

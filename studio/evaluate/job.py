@@ -50,6 +50,8 @@ def resume(run_dir: Path, eval_id: str, key: str = "") -> None:
 
 def _spawn(run_dir: Path, eval_id: str, key: str) -> None:
     path = evaldir.folder(run_dir, eval_id)
+    # "queued" before the child exists: its own "running" must never be overwritten by this one
+    evaldir.write_status(path, state="queued", pid=None, pid_created=None, error=None)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop(JUDGE_KEY_ENV, None)
     if key:
@@ -66,8 +68,8 @@ def _spawn(run_dir: Path, eval_id: str, key: str) -> None:
         )
     _children[proc.pid] = proc
     created = psutil.Process(proc.pid).create_time()
-    # the child overwrites pid with its own once running: the same process here
-    evaldir.write_status(path, state="queued", pid=proc.pid, pid_created=created, error=None)
+    # the child records the same identity once running (it is this very process)
+    evaldir.write_status(path, pid=proc.pid, pid_created=created)
 
 
 def _alive(status: dict) -> bool:
@@ -92,6 +94,8 @@ def state(run_dir: Path, eval_id: str) -> str:
     """queued | running | stopping | stopped | completed | failed | interrupted (killed mid-way)."""
     status = evaldir.read_status(evaldir.folder(run_dir, eval_id))
     current = status.get("state", "unknown")
+    if current == "queued" and not status.get("pid"):
+        return current  # spawned a moment ago, its identity not written yet
     if current in ACTIVE and not _alive(status):
         return "interrupted"
     return current
