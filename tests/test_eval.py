@@ -297,3 +297,18 @@ def test_runs_are_compared_by_their_newest_evaluation(studio_home, tiny_model, j
     )
     assert row["n"] == 1 and " / " in row["general ppl A/B"]
     assert second.is_dir()
+
+
+def test_a_studio_model_judges_both_orders(studio_home, tiny_model):
+    run = make_run(studio_home, tiny_model)
+    config = evaldir.EvalConfig(eval_set="prompts", prompts=["Hi", "Name a colour."], max_new_tokens=6)
+    config.judge = str(tiny_model)
+    eval_id = evaldir.create(run, config)
+    summary = pipeline.run(run, eval_id)
+    assert summary["state"] == "completed", evaldir.read_status(evaldir.folder(run, eval_id))
+    verdicts = evaldir.verdicts(evaldir.folder(run, eval_id))
+    assert sorted(verdicts) == [0, 1]
+    for row in verdicts.values():
+        assert row["first"]["raw"] and row["second"]["raw"]  # the model was asked twice
+        assert row["outcome"] == pipeline.stats.both_orders(row["first"]["model"], row["second"]["model"])
+    assert summary["judge"]["n"] == 2 and summary["judge_name"] == tiny_model.name

@@ -195,7 +195,7 @@ def _make_judge(config, engine, key: str):
         return judge.EndpointJudge(config.judge, key=key, model=config.judge_model, seed=config.seed)
     from studio import models
 
-    if models.resolve(engine.spec) != models.resolve(config.judge):
+    if not engine.loaded or models.resolve(engine.spec) != models.resolve(config.judge):
         engine.load(config.judge)  # the answers are on disk: the judge may take the engine over
     return judge.ModelJudge(engine, config.judge, seed=config.seed)
 
@@ -239,6 +239,7 @@ def run(run_dir: Path, eval_id: str, key: str = "", stop: threading.Event | None
         names = (_adapter(engine, config.side_a, run_dir), _adapter(engine, config.side_b, run_dir))
         evaldir.write_status(path, label_a=names[0] or "base", label_b=names[1] or "base")
         answer_all(path, items, engine, names, config, stop)
+        engine.unload()  # the scoring stage loads its own copy: never two copies of a big model at once
         if not stop.is_set():
             score_likelihoods(path, items, run_dir, config, stop)
         if not stop.is_set() and config.judge:
