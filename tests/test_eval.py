@@ -53,15 +53,15 @@ def judge_server():
 
 
 def test_heldout_split_is_the_trainers(studio_home, tiny_model):
-    from studio.train import run as train_run
+    from studio.train import setup, tokenized
 
     run = make_run(studio_home, tiny_model)
     items = evalset.heldout(run)
     recipe = recipes.load(run / "recipe.yaml")
-    tokenizer, _ = train_run.setup_tokenizer(recipe)
-    _, held = train_run.build_datasets(recipe, tokenizer)
+    tokenizer, _ = setup.setup_tokenizer(recipe)
+    _, held = tokenized.build_datasets(recipe, tokenizer)
     assert len(items) == len(held) == int(42 * 0.2)
-    ours = train_run.sft_rows([item.record for item in items], tokenizer, recipe)
+    ours = tokenized.sft_rows([item.record for item in items], tokenizer, recipe)
     assert [row["input_ids"] for row in ours] == held["input_ids"]
     assert all(item.reference.startswith("Short answer:") for item in items)
 
@@ -114,10 +114,10 @@ def _trainer_perplexity(recipe, records: list[dict], adapter: Path | None) -> fl
     from peft import PeftModel
 
     from studio import models
-    from studio.train import run as train_run
+    from studio.train import setup, tokenized
 
-    tokenizer, _ = train_run.setup_tokenizer(recipe)
-    rows = train_run.sft_rows(records, tokenizer, recipe)
+    tokenizer, _ = setup.setup_tokenizer(recipe)
+    rows = tokenized.sft_rows(records, tokenizer, recipe)
     model = models.load_model(recipe.model, dtype=torch.float32).eval()
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter)).eval()

@@ -2,7 +2,7 @@
 
 Each item carries the conversation the models answer (ending with the user's turn), the reference
 answer when the data has one, and the SFT record whose trained tokens the reference likelihood
-scores. The held-out split is the trainer's own: the same records (`train.run.load_records`),
+scores. The held-out split is the trainer's own: the same records (`train.tokenized.load_records`),
 shuffled with the recipe's seed, the first `data.eval_split` fraction held out. Knows nothing about
 models, the eval folder or the UI.
 """
@@ -87,16 +87,28 @@ def from_dataset(spec: str) -> list[EvalItem]:
     return items_from_records(report.records)
 
 
+def run_recipe(run_dir: Path):
+    """The run's resolved recipe (recipe.yaml, read through the run-folder contract), validated."""
+    from studio import rundir
+    from studio.train import recipes
+
+    data = rundir.read_recipe(run_dir)
+    if not data:
+        raise ValueError(
+            f"{Path(run_dir) / 'recipe.yaml'} is missing or unreadable: evaluate a run the studio trained"
+        )
+    return recipes.from_dict(data, source=str(Path(run_dir) / "recipe.yaml"))
+
+
 def heldout(run_dir: Path) -> list[EvalItem]:
     """The rows the run held out of training (`data.eval_split`), split exactly as the trainer did.
 
     (For SFT the trainer splits after dropping rows whose answer was cut off entirely by
     `data.max_length`; with such rows the two splits can differ by those rows.)
     """
-    from studio.train import recipes
-    from studio.train.run import load_records
+    from studio.train.tokenized import load_records
 
-    recipe = recipes.load(Path(run_dir) / "recipe.yaml")
+    recipe = run_recipe(run_dir)
     fraction = recipe.data.eval_split
     if fraction <= 0:
         raise ValueError(

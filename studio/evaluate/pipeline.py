@@ -96,9 +96,8 @@ def score_likelihoods(path: Path, items: list[dict], run_dir: Path, config, stop
     from studio import models
     from studio.data import templates
     from studio.evaluate import scores
-    from studio.train import recipes
 
-    recipe = recipes.load(Path(run_dir) / "recipe.yaml")
+    recipe = evalset.run_recipe(run_dir)
     done = evaldir.likelihood(path)
     rows = {f"ref:{item['i']}": item["record"] for item in items if item.get("record")}
     texts = {f"general:{k}": text for k, text in enumerate(_general_texts())}
@@ -220,7 +219,6 @@ def run(run_dir: Path, eval_id: str, key: str = "", stop: threading.Event | None
     import psutil
 
     from studio.chat.engine import ChatEngine
-    from studio.train import recipes
 
     run_dir = Path(run_dir)
     path = evaldir.folder(run_dir, eval_id)
@@ -235,7 +233,7 @@ def run(run_dir: Path, eval_id: str, key: str = "", stop: threading.Event | None
         items = _items(path, run_dir, config)
         _say(path, f"{len(items)} prompts")
         engine = ChatEngine()
-        engine.load(recipes.load(run_dir / "recipe.yaml").model)
+        engine.load(evalset.run_recipe(run_dir).model)
         names = (_adapter(engine, config.side_a, run_dir), _adapter(engine, config.side_b, run_dir))
         evaldir.write_status(path, label_a=names[0] or "base", label_b=names[1] or "base")
         answer_all(path, items, engine, names, config, stop)
