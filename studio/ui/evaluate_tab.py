@@ -143,8 +143,8 @@ def chart(summary: dict, rows: list[list]):
             width = rate[part] / n
             left.barh(y, width, left=start, color=color, label=part if y == 0 else None)
             start += width
-        left.errorbar(rate["win_rate"], y, xerr=[[rate["win_rate"] - rate["low"]], [rate["high"] - rate["win_rate"]]],
-                      fmt="o", color="black", capsize=4)  # fmt: skip
+        below, above = rate["win_rate"] - rate["low"], rate["high"] - rate["win_rate"]
+        left.errorbar(rate["win_rate"], y, xerr=[[below], [above]], fmt="o", color="black", capsize=4)
     left.set_yticks(range(len(bars)), [f"{name} (n={rate['n']})" for name, rate in bars])
     left.axvline(0.5, color="#6b7280", linestyle="--", linewidth=1)
     left.set_xlim(0, 1)
@@ -193,20 +193,32 @@ def on_pick_run(run_id):
     )
 
 
+def _pair(perplexity: dict | None) -> str:
+    return f"{perplexity['a']:.2f} / {perplexity['b']:.2f}" if perplexity else ""
+
+
 def compare_table(run_ids: list[str]) -> pd.DataFrame:
     rows = []
     for summary in report.compare([workspace.run_path(r) for r in run_ids or []]):
-        judge, ref, gen = (
-            summary.get("judge") or {},
-            summary["perplexity"].get("reference"),
-            summary["perplexity"].get("general"),
+        judge = summary.get("judge") or {}
+        ref, gen = summary["perplexity"].get("reference"), summary["perplexity"].get("general")
+        interval = ""
+        if judge.get("n"):
+            interval = f"{judge['win_rate']:.2f} [{judge['low']:.2f}, {judge['high']:.2f}]"
+        rows.append(
+            [
+                summary["run_id"],
+                summary["eval_id"],
+                summary["eval_set"],
+                summary["side_a"],
+                summary["side_b"],
+                summary.get("judge_name") or "",
+                interval,
+                judge.get("n", ""),
+                _pair(ref),
+                _pair(gen),
+            ]
         )
-        interval = (
-            f"{judge['win_rate']:.2f} [{judge['low']:.2f}, {judge['high']:.2f}]" if judge.get("n") else ""
-        )
-        rows.append([summary["run_id"], summary["eval_id"], summary["eval_set"], summary["side_a"], summary["side_b"],
-                     summary.get("judge_name") or "", interval, judge.get("n", ""),
-                     f"{ref['a']:.2f} / {ref['b']:.2f}" if ref else "", f"{gen['a']:.2f} / {gen['b']:.2f}" if gen else ""])  # fmt: skip
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 
@@ -242,8 +254,12 @@ def build_evaluate_tab() -> gr.Dropdown:
         endpoint_model = gr.Textbox(label="Endpoint model name", scale=2)
         key = gr.Textbox(label="API key (kept in memory, never saved)", type="password", scale=2)
     with gr.Accordion("Judging prompt (editable) and settings", open=False):
-        judge_prompt = gr.Textbox(evaldir.DEFAULT_JUDGE_PROMPT, label="Judging prompt", lines=10,
-                                  info="{question}, {answer_1} and {answer_2} are filled in; ask for [[1]], [[2]] or [[tie]]")  # fmt: skip
+        judge_prompt = gr.Textbox(
+            evaldir.DEFAULT_JUDGE_PROMPT,
+            label="Judging prompt",
+            lines=10,
+            info="{question}, {answer_1} and {answer_2} are filled in; ask for [[1]], [[2]] or [[tie]]",
+        )
         with gr.Row():
             limit = gr.Number(50, label="At most this many prompts", precision=0, minimum=1)
             max_new_tokens = gr.Slider(8, 512, value=128, step=8, label="Longest answer (tokens)")
