@@ -161,15 +161,15 @@ def test_votes_give_a_human_win_rate_and_judge_agreement(studio_home, tiny_model
     items, verdicts = evaldir.read_items(folder), evaldir.verdicts(folder)
     adapter = str((run / "adapter").resolve())
     swap = {"A": "B", "B": "A", "tie": "tie"}
-    # vote 1 agrees with the judge on prompt 0 (adapter in the right column, shown on the left);
-    # vote 2 disagrees on prompt 1; vote 3 is on another pair of models and must be ignored
+    # vote 1 agrees with the judge on prompt 0; vote 2 disagrees on prompt 1; vote 3 is on another
+    # pair of models and must be ignored
     casts = [(0, verdicts[0]["outcome"]), (1, swap[verdicts[1]["outcome"]])]
     for i, outcome in casts:
         messages = [{"role": "user", "content": items[i]["prompt"]}]
-        # columns: left = base (A), right = adapter (B); blind mode showed right on the left
-        verdict = {"A": "right", "B": "left", "tie": "tie"}[outcome]
-        prefs.record_vote(messages, "x", "y", verdict, adapter_right=adapter, shown_left="right")
-    prefs.record_vote([{"role": "user", "content": "hi"}], "x", "y", "left", adapter_left="/elsewhere")
+        # the chat's column A held the adapter and column B the base: the reverse of the evaluation
+        verdict = {"A": "B", "B": "A", "tie": "tie"}[outcome]
+        prefs.record_vote(messages, "x", "y", verdict, adapter_a=adapter, shown_first="B")
+    prefs.record_vote([{"role": "user", "content": "hi"}], "x", "y", "A", adapter_a="/elsewhere")
 
     summary = report.summarize(folder, run)
     outcomes = [o for _, o in casts]

@@ -1,7 +1,7 @@
 """Human verdicts for an evaluation: the blind A/B chat votes cast on the same two models.
 
 A vote counts when its two chat columns held exactly the evaluation's two models (in either
-column order). Its winner becomes "A", "B" or "tie" (a tie or "both bad" vote); its prompt is the
+column order: the chat's column A need not be the evaluation's A). Its winner becomes "A", "B" or "tie" (a tie or "both bad" vote); its prompt is the
 last user message, which is how it is matched to the judge's verdict on the same prompt. Reads
 the preference store through its public functions only. Knows nothing about the UI.
 """
@@ -42,10 +42,9 @@ def _last_user(messages: list[dict]) -> str:
 
 
 def _columns(vote: prefs.Vote) -> tuple[tuple[str, str], int | None]:
-    """The two columns' adapters and the index (0/1) of the one the user preferred (None: tie)."""
-    slot = prefs.winner_slot(vote)
-    winner = None if slot is None else (0 if slot == "left" else 1)
-    return (_adapter_key(vote.adapter_left), _adapter_key(vote.adapter_right)), winner
+    """The two chat columns' adapters and the index (0/1) of the one preferred (None: a tie)."""
+    winner = None if vote.winner is None else (0 if vote.winner == "A" else 1)
+    return (_adapter_key(vote.adapter_a), _adapter_key(vote.adapter_b)), winner
 
 
 def verdicts(key_a: str, key_b: str, votes: list[prefs.Vote] | None = None) -> list[HumanVerdict]:

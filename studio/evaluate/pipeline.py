@@ -129,7 +129,7 @@ def _likelihood_sides(model, config, run_dir: Path) -> dict:
     """side -> a function scoring rows with that side's weights (base: every adapter off)."""
     from peft import PeftModel
 
-    from studio.chat.engine import adapter_folder
+    from studio.chat.adapters import adapter_folder
     from studio.evaluate import scores
 
     folders = {
