@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.support.app import AppServer, screenshot
+from tests.support.app import screenshot
 from tests.support.judgeserver import JudgeServer
 from tests.test_eval import make_run
 
@@ -19,10 +19,10 @@ def _eval_state(page) -> str:
     return node.get_attribute("data-state") if node.count() else ""
 
 
-def test_evaluate_a_run_from_the_browser(studio_home, tiny_model, page):
+def test_evaluate_a_run_from_the_browser(studio_home, tiny_model, page, app):
     make_run(studio_home, tiny_model, run_id="tuned-run")
     judge = JudgeServer(mode="longer", key="sk-ui").start()
-    server = AppServer(studio_home).start()
+    server = app()
     try:
         page.goto(server.url)
         page.get_by_role("tab", name="Runs", exact=True).click()
@@ -55,5 +55,4 @@ def test_evaluate_a_run_from_the_browser(studio_home, tiny_model, page):
         screenshot(page, "evaluate")
         assert "What is the capital of Austria?" in page.locator("#eval-table").inner_text()
     finally:
-        server.kill()
         judge.stop()
