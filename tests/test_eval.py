@@ -256,7 +256,7 @@ def test_bad_input_is_named_with_its_fix(
 
     monkeypatch.setenv("OPENAI_API_KEY", "wrong")
     code, err = run_eval(str(run), "--prompt", "Hi", "--max-new-tokens", "4", "--judge", judge_server.url)
-    assert code == 1 and "HTTP 401" in err and "check the API key" in err
+    assert code == 1 and "answered 401" in err and "check the API key" in err
 
     code, err = run_eval("no-such-run")
     assert code == 1 and "run 'no-such-run' not found" in err
@@ -312,3 +312,48 @@ def test_a_studio_model_judges_both_orders(studio_home, tiny_model):
         assert row["first"]["raw"] and row["second"]["raw"]  # the model was asked twice
         assert row["outcome"] == pipeline.stats.both_orders(row["first"]["model"], row["second"]["model"])
     assert summary["judge"]["n"] == 2 and summary["judge_name"] == tiny_model.name
+
+
+def test_the_studios_own_server_is_a_judge(studio_home, tiny_model, tmp_path):
+    """`python -m studio serve` as the OpenAI-compatible judge: every prompt is judged in both
+    orders over real HTTP (the tiny model's verdicts are noise, so they are counted, not scored)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "studio", "serve", "--model", str(tiny_model), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "serve.log", "wb"),  # noqa: SIM115 - the child owns it
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    tmp_path / "serve.log"
+                ).read_text()
+                time.sleep(0.5)
+        run = make_run(studio_home, tiny_model)
+        args = [str(run), "--limit", "3", "--max-new-tokens", "8", "--batch-size", "3"]
+        proc = eval_cli(*args, "--judge", url, "--judge-model", "base")
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    (eval_id,) = evaldir.list_ids(run)
+    verdicts = evaldir.verdicts(evaldir.folder(run, eval_id))
+    assert sorted(verdicts) == [0, 1, 2]
+    assert all(
+        isinstance(row[order]["raw"], str) for row in verdicts.values() for order in ("first", "second")
+    )
+    summary = evaldir.read_summary(evaldir.folder(run, eval_id))
+    judged = summary["judge"]
+    assert judged["wins"] + judged["ties"] + judged["losses"] == 3

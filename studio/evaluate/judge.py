@@ -9,11 +9,8 @@ fills the judging prompt, asks, and reads the verdict. Knows nothing about files
 
 from __future__ import annotations
 
-import json
 import re
 import threading
-import urllib.error
-import urllib.request
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,57 +68,34 @@ class EndpointJudge:
     timeout_s: float = 120.0
 
     @property
-    def route(self) -> str:
-        url = self.url.strip().rstrip("/")
-        return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
-
-    @property
     def label(self) -> str:
         # no URL: the label reaches the model card, and a local address is nobody's business
         return f"{self.model or 'the served model'} (OpenAI-compatible endpoint)"
 
-    def _post(self, payload: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        request = urllib.request.Request(
-            self.route, data=json.dumps(payload).encode("utf-8"), headers=headers, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            body = exc.read().decode("utf-8", errors="replace")[:300]
-            fix = "check the API key" if exc.code in (401, 403) else "check the URL and the model name"
-            raise ValueError(f"judge {self.route}: HTTP {exc.code} {exc.reason} ({body}) — {fix}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ValueError(
-                f"judge {self.route}: cannot reach it ({reason}) — is the server running, is the URL right?"
-            ) from None
-        except ValueError as exc:
-            raise ValueError(f"judge {self.route}: the answer is not JSON ({exc})") from None
-
     def ask(self, texts: list[str], stop: threading.Event | None = None) -> list[str]:
+        """One greedy, seeded answer per text, through the studio's OpenAI-compatible client (the
+        same one that talks to `python -m studio serve`)."""
+        from studio.serve import client
+
         out = []
         for text in texts:
             if stop is not None and stop.is_set():
                 break
-            payload = {
-                "model": self.model or "default",
-                "messages": [{"role": "user", "content": text}],
-                "temperature": 0,
-                "max_tokens": JUDGE_MAX_TOKENS,
-                "seed": self.seed,
-            }
-            data = self._post(payload)
+            messages = [{"role": "user", "content": text}]
+            settings = {"temperature": 0, "max_tokens": JUDGE_MAX_TOKENS, "seed": self.seed}
             try:
-                out.append(str(data["choices"][0]["message"]["content"] or ""))
-            except (KeyError, IndexError, TypeError):
-                raise ValueError(
-                    f"judge {self.route}: the answer has no choices[0].message.content "
-                    f"(got {json.dumps(data)[:200]}) — is it an OpenAI-compatible chat endpoint?"
-                ) from None
+                out.append(
+                    client.complete(
+                        self.url,
+                        self.key or None,
+                        self.model or "default",
+                        messages,
+                        self.timeout_s,
+                        **settings,
+                    )
+                )
+            except ValueError as exc:  # EndpointError, or an answer that is not JSON
+                raise ValueError(f"judge: {exc}") from None
         return out
 
 
