@@ -1,8 +1,12 @@
 """Chat benchmark: the studio's ChatEngine against plain `model.generate` (fp32) on the default model.
 
-Measures decode tokens/s and time to first token, single pane (engine fp32 and bf16) and A/B pair
-(one batched step for both sides vs the two sides one after the other), the greedy-text agreement
-of bf16 with fp32, and llama.cpp on the same GGUF when `llama-cpp-python` is installed.
+Fair by construction: every contender is warmed up before timing (so no side's first call carries
+its warm-up), >= 3 prompts x >= 64 new tokens, greedy, rounds in alternating order, medians with
+the spread of the rounds, and the load average beside every row. Measures steady-state decode
+tokens/s (tokens after the first / time between the first and the last) and time to first token
+separately: engine vs `generate` in fp32 and bf16, A/B pair (one batched step for both sides vs the
+two sides one after the other), the greedy-text agreement of bf16 with fp32, and the llama.cpp
+path (studio.chat.llamacpp) on the embedded GGUF when a llama.cpp binding is installed.
 Knows nothing about training, data or the UI.
 
 Run as: python -m bench.chat [--quick] [--install-llama-cpp]
@@ -16,7 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Row, Section, bench_home, bench_parser, interleave, log, offline_env, publish
+from bench.common import (
+    Row,
+    Section,
+    bench_home,
+    bench_parser,
+    interleave_samples,
+    load_now,
+    log,
+    offline_env,
+    publish,
+)
 
 PROMPTS = [
     "What is the capital of France?",
@@ -115,54 +129,81 @@ def _median_over_prompts(fn, prompts: list[str]) -> dict:
     return {k: statistics.median(r[k] for r in results) for k in results[0]}
 
 
-def single_pane(
-    engine32, engine16, model, tokenizer, prompts, max_new, rounds
-) -> tuple[list[Row], list[str]]:
-    contenders = {
-        "generate": lambda: _median_over_prompts(
-            lambda p: generate_once(model, tokenizer, p, max_new)[0], prompts
-        ),
-        "engine32": lambda: _median_over_prompts(lambda p: engine_once(engine32, p, max_new)[0], prompts),
-    }
-    if engine16 is not None:
-        contenders["engine16"] = lambda: _median_over_prompts(
-            lambda p: engine_once(engine16, p, max_new)[0], prompts
+def _ratio_row(samples, measure: str, ours: str, theirs: str, key: str, unit: str, target=None) -> Row:
+    """A row comparing two contenders of one interleaved run, with spread and load."""
+    higher = key != "ttft_s"
+    return Row(
+        "chat",
+        measure,
+        samples.median(ours, key),
+        samples.median(theirs, key),
+        unit,
+        target,
+        higher,
+        spread=f"{samples.spread(ours, key)} / {samples.spread(theirs, key)}",
+        load=samples.load,
+    )
+
+
+def single_pane(engines: dict, models_: dict, tokenizer, prompts, max_new, rounds) -> list[Row]:
+    """Engine vs `generate` in each dtype, all four contenders warmed up and interleaved."""
+    contenders = {}
+    for dtype, model in models_.items():
+        contenders[f"generate_{dtype}"] = lambda m=model: _median_over_prompts(
+            lambda p: generate_once(m, tokenizer, p, max_new)[0], prompts
         )
-    m = interleave(contenders, rounds)
-    g = m["generate"]
+    for dtype, engine in engines.items():
+        contenders[f"engine_{dtype}"] = lambda e=engine: _median_over_prompts(
+            lambda p: engine_once(e, p, max_new)[0], prompts
+        )
+    s = interleave_samples(contenders, rounds)
     rows = [
-        Row(
-            "chat",
+        _ratio_row(
+            s,
             "single pane decode, engine fp32 vs generate fp32",
-            m["engine32"]["tok_s"],
-            g["tok_s"],
+            "engine_fp32",
+            "generate_fp32",
+            "tok_s",
             "tok/s",
+            1.5,
         ),
-        Row(
-            "chat", "time to first token, engine fp32", m["engine32"]["ttft_s"], g["ttft_s"], "s", None, False
+        _ratio_row(
+            s,
+            "time to first token, engine fp32 vs generate fp32",
+            "engine_fp32",
+            "generate_fp32",
+            "ttft_s",
+            "s",
         ),
     ]
-    if engine16 is not None:
+    if "bf16" in engines:
         rows += [
-            Row(
-                "chat",
-                "single pane decode, engine bf16 vs generate fp32",
-                m["engine16"]["tok_s"],
-                g["tok_s"],
+            _ratio_row(
+                s,
+                "single pane decode, engine bf16 vs generate bf16",
+                "engine_bf16",
+                "generate_bf16",
+                "tok_s",
                 "tok/s",
-                1.5,
             ),
-            Row(
-                "chat",
-                "time to first token, engine bf16",
-                m["engine16"]["ttft_s"],
-                g["ttft_s"],
+            _ratio_row(
+                s,
+                "single pane decode, engine bf16 vs engine fp32",
+                "engine_bf16",
+                "engine_fp32",
+                "tok_s",
+                "tok/s",
+            ),
+            _ratio_row(
+                s,
+                "time to first token, engine bf16 vs engine fp32",
+                "engine_bf16",
+                "engine_fp32",
+                "ttft_s",
                 "s",
-                None,
-                False,
             ),
         ]
-    return rows, []
+    return rows
 
 
 def agreement(engine16, model, tokenizer, prompts, max_new) -> str:
@@ -183,43 +224,33 @@ def agreement(engine16, model, tokenizer, prompts, max_new) -> str:
     )
 
 
-def llama_cpp_rows(tokenizer, prompts, max_new, rounds, engine16) -> tuple[list[Row], list[str]]:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return [], [
-            "llama.cpp: `llama-cpp-python` is not installed (run with --install-llama-cpp); not compared"
-        ]
-    import os
+def llama_cpp_rows(model, tokenizer, prompts, max_new, rounds) -> tuple[list[Row], list[str]]:
+    """The llama.cpp path (studio.chat.llamacpp) on the embedded GGUF vs `generate` fp32."""
+    from studio.chat import llamacpp
 
+    problem = llamacpp.unavailable()
+    if problem:
+        return [], [f"llama.cpp: {problem}; not compared"]
     from studio import models
 
-    llm = Llama(model_path=str(models.gguf_path()), n_ctx=1024, n_threads=os.cpu_count(), verbose=False)
-
-    def llama_once(prompt: str) -> dict:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        start, times = time.perf_counter(), []
-        for _ in llm.create_completion(text, max_tokens=max_new, temperature=0.0, stream=True):
-            times.append(time.perf_counter())
-        return _rates(start, times)
-
-    m = interleave(
-        {
-            "llama": lambda: _median_over_prompts(llama_once, prompts),
-            "engine16": lambda: _median_over_prompts(lambda p: engine_once(engine16, p, max_new)[0], prompts),
-        },
-        rounds,
-    )
-    row = Row(
-        "chat",
-        "decode, engine bf16 vs llama.cpp (Q4_1 GGUF)",
-        m["engine16"]["tok_s"],
-        m["llama"]["tok_s"],
-        "tok/s",
-    )
-    return [row], ["llama.cpp runs the 4-bit GGUF with hand-written kernels; the engine runs PyTorch eager"]
+    engine = llamacpp.LlamaCppEngine()
+    engine.load("default")
+    contenders = {
+        "llama": lambda: _median_over_prompts(lambda p: engine_once(engine, p, max_new)[0], prompts),
+        "generate_fp32": lambda: _median_over_prompts(
+            lambda p: generate_once(model, tokenizer, p, max_new)[0], prompts
+        ),
+    }
+    s = interleave_samples(contenders, rounds)
+    rows = [
+        _ratio_row(
+            s, "decode, llama.cpp path vs generate fp32", "llama", "generate_fp32", "tok_s", "tok/s", 3.0
+        ),
+        _ratio_row(
+            s, "time to first token, llama.cpp path vs generate fp32", "llama", "generate_fp32", "ttft_s", "s"
+        ),
+    ]
+    return rows, [f"llama.cpp runs {models.gguf_path().name} (the embedded GGUF) as it ships"]
 
 
 def run(quick: bool) -> Section:
@@ -231,33 +262,30 @@ def run(quick: bool) -> Section:
     from studio.chat.engine import ChatEngine
 
     torch.manual_seed(0)
-    prompts = PROMPTS[:1] if quick else PROMPTS
-    max_new, rounds = (16, 2) if quick else (64, 3)
-    log(f"chat: {len(prompts)} prompt(s), {max_new} new tokens, {rounds} rounds")
+    prompts = PROMPTS[:3] if quick else PROMPTS
+    max_new, rounds = (64, 2) if quick else (96, 3)
+    log(f"chat: {len(prompts)} prompts, {max_new} new tokens, {rounds} rounds, load {load_now():.1f}")
     tokenizer = models.load_tokenizer("default")
-    model = models.load_model("default", dtype=torch.float32).eval()
-    engine32 = ChatEngine()
-    engine32.load("default", dtype="float32")
-    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    engine16 = None
-    if bf16:
-        engine16 = ChatEngine()
-        engine16.load("default", dtype="bfloat16")
+    dtypes = {"fp32": torch.float32}
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        dtypes["bf16"] = torch.bfloat16
+    models_, engines = {}, {}
+    for name, dtype in dtypes.items():
+        models_[name] = models.load_model("default", dtype=dtype).eval()
+        engines[name] = ChatEngine()
+        engines[name].load("default", dtype={"fp32": "float32", "bf16": "bfloat16"}[name])
     section = Section("chat")
-    rows, notes = single_pane(engine32, engine16, model, tokenizer, prompts, max_new, rounds)
-    section.rows += rows
-    section.notes += notes
-    if engine16 is not None:
+    section.rows += single_pane(engines, models_, tokenizer, prompts, max_new, rounds)
+    if "bf16" in engines:
         log("chat: bf16 vs fp32 greedy agreement")
-        agree_prompts, agree_new = (PROMPTS[:2], 32) if quick else (PROMPTS, 64)
-        section.notes.append(agreement(engine16, model, tokenizer, agree_prompts, agree_new))
+        section.notes.append(agreement(engines["bf16"], models_["fp32"], tokenizer, prompts, max_new))
     else:
         section.notes.append("this CPU has no native bf16: bf16 not measured")
-    ab = engine16 or engine32
-    log("chat: A/B pair")
+    ab = engines["fp32"]  # the dtype chat uses on this CPU
+    log(f"chat: A/B pair, load {load_now():.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         name = ab.add_adapter(make_adapter("default", Path(tmp) / "adapter"))
-        m = interleave(
+        s = interleave_samples(
             {
                 "batched": lambda: _median_over_prompts(
                     lambda p: pair_once(ab, p, max_new, name, True), prompts
@@ -269,11 +297,12 @@ def run(quick: bool) -> Section:
             rounds,
         )
     section.rows.append(
-        Row(
-            "chat",
-            f"A/B pair base+LoRA ({ab.dtype}), batched vs one after the other",
-            m["batched"]["pair_tok_s"],
-            m["one_by_one"]["pair_tok_s"],
+        _ratio_row(
+            s,
+            "A/B pair base+LoRA (fp32), batched vs one after the other",
+            "batched",
+            "one_by_one",
+            "pair_tok_s",
             "tok/s",
             1.6,
         )
@@ -281,16 +310,24 @@ def run(quick: bool) -> Section:
     section.notes.append(
         "A/B: base (adapter off) and a rank-16 LoRA on every projection, in one PEFT mixed-adapter batch"
     )
-    if engine16 is not None:
-        rows, notes = llama_cpp_rows(tokenizer, prompts, max_new, rounds, engine16)
-        section.rows += rows
-        section.notes += notes
+    log(f"chat: llama.cpp, load {load_now():.1f}")
+    rows, notes = llama_cpp_rows(models_["fp32"], tokenizer, prompts, max_new, rounds)
+    section.rows += rows
+    section.notes += notes
     return section
 
 
+# Portable build: no -march=native (a native build dies with "Illegal instruction" on a VM whose CPU
+# advertises instructions the hypervisor has not enabled); every CPU variant, chosen at run time.
+PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=ON -DGGML_BACKEND_DL=ON"
+
+
 def install_llama_cpp() -> None:
-    print("building llama-cpp-python from source (several minutes)...", flush=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "llama-cpp-python"], check=True)
+    import os
+
+    print("building llama-cpp-python from source, portable (many minutes on 2 cores)...", flush=True)
+    env = dict(os.environ, CMAKE_ARGS=PORTABLE_CMAKE_ARGS)
+    subprocess.run([sys.executable, "-m", "pip", "install", "llama-cpp-python==0.3.36"], check=True, env=env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
 """What every benchmark shares: the machine's description, interleaved rounds, medians, the table.
 
-Every number the benchmarks report is a RATIO of two contenders measured in the same run, one
-round of each after the other, several rounds, medians: on a shared CPU an absolute time says
-more about the neighbours than about the code. Knows nothing about chat, training or data.
+Every number the benchmarks report is a RATIO of two contenders measured in the same run: each
+contender warmed up once (untimed), then one round of each after the other in alternating order,
+several rounds, medians with their spread (lowest-highest round), and the machine's load average
+beside every row (a warning when it is above the core count): on a shared CPU an absolute time
+says more about the neighbours than about the code. Knows nothing about chat, training or data.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class Row:
     target: float | None = None  # the ratio we aim for, or None for a plain report
     higher_is_better: bool = True
     note: str = ""
+    spread: str = ""  # "lowest-highest" of each side's rounds, e.g. "21.0-24.7 / 18.2-21.9"
+    load: str = ""  # 1-minute load average when the row's rounds started and ended
 
     @property
     def ratio(self) -> float:
@@ -100,19 +104,65 @@ def machine() -> dict:
     }
 
 
-def interleave(contenders: dict[str, Callable[[], dict]], rounds: int) -> dict[str, dict[str, float]]:
-    """Run each contender once per round, alternating the order; the median of every measure.
+def load_now() -> float:
+    """The 1-minute load average (how many processes wanted a core, on average)."""
+    return os.getloadavg()[0]
 
-    A contender returns a dict of measures ({"tok_s": ..., "ttft_s": ...}).
+
+def load_note(start: float, end: float | None = None) -> str:
+    """'3.1-4.2' (start-end of a measurement), with a warning when above the number of cores."""
+    end = load_now() if end is None else end
+    text = f"{start:.1f}-{end:.1f}"
+    if max(start, end) > (os.cpu_count() or 1):
+        text += f" (above {os.cpu_count()} cores: noisy)"
+    return text
+
+
+@dataclass
+class Samples:
+    """Every round's value of every measure, per contender, and the load while they ran."""
+
+    values: dict[str, dict[str, list[float]]]
+    load: str
+
+    def median(self, name: str, key: str) -> float:
+        return statistics.median(self.values[name][key])
+
+    def spread(self, name: str, key: str) -> str:
+        v = self.values[name][key]
+        return f"{min(v):.3g}-{max(v):.3g}"
+
+    def medians(self) -> dict[str, dict[str, float]]:
+        return {n: {k: statistics.median(v) for k, v in m.items()} for n, m in self.values.items()}
+
+
+def interleave_samples(
+    contenders: dict[str, Callable[[], dict]], rounds: int, warmup: bool = True
+) -> Samples:
+    """Warm each contender up once (untimed), then run each once per round, alternating the order.
+
+    A contender returns a dict of measures ({"tok_s": ..., "ttft_s": ...}). The warm-up pays every
+    first-call cost (lazy kernels, allocator growth, caches) so that no side's timing carries it.
     """
     names = list(contenders)
+    if warmup:
+        for name in names:
+            contenders[name]()
+    start = load_now()
     samples: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]  # neither side always runs on a warmer cache
         for name in order:
             for key, value in contenders[name]().items():
                 samples[name].setdefault(key, []).append(float(value))
-    return {n: {k: statistics.median(v) for k, v in m.items()} for n, m in samples.items()}
+    return Samples(samples, load_note(start))
+
+
+def interleave(
+    contenders: dict[str, Callable[[], dict]], rounds: int, warmup: bool = False
+) -> dict[str, dict[str, float]]:
+    """The median of every measure of `interleave_samples` (no warm-up unless asked)."""
+    return interleave_samples(contenders, rounds, warmup).medians()
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -123,15 +173,15 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 def table(sections: list[Section]) -> str:
     lines = [
-        "| bench | measure | studio | baseline | unit | ratio | target | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| bench | measure | studio | baseline | unit | ratio | target | verdict | spread (studio / baseline) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for section in sections:
         for r in section.rows:
             target = "-" if r.target is None else f">= {r.target:g}x"
             lines.append(
                 f"| {r.bench} | {r.measure} | {r.ours:.4g} | {r.theirs:.4g} | {r.unit} | "
-                f"{r.ratio:.2f}x | {target} | {r.verdict} |"
+                f"{r.ratio:.2f}x | {target} | {r.verdict} | {r.spread or '-'} | {r.load or '-'} |"
             )
     return "\n".join(lines)
 
@@ -139,12 +189,23 @@ def table(sections: list[Section]) -> str:
 def report(sections: list[Section], mode: str, title: str = "CPU run") -> str:
     """The Markdown block for one run: machine, table, each section's notes."""
     info = machine()
+    cores = os.cpu_count() or 1
+    warning = []
+    if os.getloadavg()[0] > cores:
+        warning = [
+            f"**Warning: load average {os.getloadavg()[0]:.1f} is above the {cores} cores: other "
+            "processes shared the CPU, so only the interleaved ratios mean anything.**",
+            "",
+        ]
     head = [
         f"## {title} ({mode}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()),
         "",
+        *warning,
         "Ratios: studio / baseline for throughput, baseline / studio for times (higher is better).",
+        "Each side warmed up first; medians of interleaved rounds; spread = lowest-highest round;",
+        "load = 1-minute load average when the row's rounds started and ended.",
         "",
         table(sections),
         "",
