@@ -91,6 +91,28 @@ def test_engine_greedy_equals_generate_default_model(default_model):
     _check_engine_equals_generate(default_model, 32)
 
 
+def test_incremental_detokenization_equals_decoding_the_whole_answer(tiny_model):
+    """The engine decodes a short window per token; the text it shows equals decoding everything."""
+    from studio.chat.engine import _new_text, _Row
+
+    tokenizer = models.load_tokenizer(str(tiny_model))
+    text = "Madrid. ¿Algo más? 🙂 Naïve café —  spaced\n\nnew line, 北京 and done."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    row, shown, waited = _Row(prompt=[], generator=None), "", 0
+    for i, token in enumerate(ids):
+        row.tokens.append(token)
+        piece = _new_text(row, tokenizer)
+        shown += piece
+        whole = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
+        if whole.endswith("\ufffd"):
+            waited += 1
+            assert whole.startswith(shown), (i, shown, whole)
+        else:
+            assert shown == whole, (i, shown, whole)
+    assert shown == text
+    assert waited > 0, "no multi-byte character was split across tokens: the test proves less"
+
+
 def _random_adapter(spec: str, folder):
     """A LoRA adapter whose weights are NOT zero, so the adapter side really answers differently."""
     from peft import LoraConfig, get_peft_model

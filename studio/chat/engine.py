@@ -128,8 +128,10 @@ class _Group:
     route: Route
     rows: list[int]
     names: list[str]
+    room: int = 0  # new tokens the mask has space for
     cache: object = None
-    mask: object = None
+    mask: object = None  # None while no row is padded: the model then needs neither mask nor positions
+    length: int = 0  # columns of `mask` in use (prompt + tokens fed so far)
     positions: object = None
     next_ids: object = None
 
@@ -141,6 +143,8 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)  # prompt + answer tokens, for the repetition penalty
     reply: Reply = field(default_factory=Reply)
+    prefix: int = 0  # incremental detokenization: tokens[prefix:read] were decoded last time
+    read: int = 0
 
 
 def _device_and_dtype(dtype: str):
@@ -359,7 +363,7 @@ class ChatEngine:
             groups: dict[tuple, _Group] = {}
             for i, route in enumerate(routes):
                 key = (id(route.model), route.mixed or route.name)  # id(None): the shared weights
-                groups.setdefault(key, _Group(route, [], [])).rows.append(i)
+                groups.setdefault(key, _Group(route, [], [], room=limit + 1)).rows.append(i)
                 groups[key].names.append(route.name)
             context = (self._epoch, self._tokenizer, frozenset(self._eos), limit)  # a later load changes them
             return self._loop(rows, list(groups.values()), settings, stop, context)
@@ -404,23 +408,25 @@ class ChatEngine:
         model = route.model if route.model is not None else self._adapters.shared
         with torch.inference_mode():
             ids = self._next_input(group, rows)
-            kwargs = {
-                "attention_mask": group.mask.to(self._device),
-                "position_ids": group.positions.to(self._device),
-            }
+            kwargs = {}
+            if group.mask is not None:  # padded rows: the mask and positions skip the padding
+                kwargs["attention_mask"] = group.mask[:, : group.length]
+                kwargs["position_ids"] = group.positions
             if model is peft and route.mixed:
                 kwargs["adapter_names"] = group.names
             elif model is peft:
                 peft.set_adapter(route.name)  # unmerged DoRA cannot join a mixed batch
             out = model(
-                input_ids=ids.to(self._device),
+                input_ids=ids,
                 past_key_values=group.cache,
                 use_cache=True,
                 logits_to_keep=1,
                 **kwargs,
             )
             group.cache = out.past_key_values
-            logits = out.logits[:, -1, :].to("cpu", torch.float32, copy=True)
+            logits = out.logits[:, -1, :]  # the model's own buffer: _pick may edit it in place
+            if logits.device.type != "cpu" or logits.dtype != torch.float32:
+                logits = logits.to("cpu", torch.float32)
             picks = []
             for j, i in enumerate(group.rows):
                 row = rows[i]
@@ -431,7 +437,7 @@ class ChatEngine:
                     row.tokens.append(token)
                     row.seen.add(token)
                 picks.append(ids[j, -1].item() if token is None else token)
-            group.next_ids = torch.tensor(picks).unsqueeze(1)
+            group.next_ids = torch.tensor(picks, device=self._device).unsqueeze(1)
 
     def _next_input(self, group: _Group, rows: list[_Row]):
         """The ids to feed next: the left-padded prompts first, then each row's last pick."""
@@ -440,15 +446,23 @@ class ChatEngine:
         if group.cache is None:
             prompts = [rows[i].prompt for i in group.rows]
             width = max(len(p) for p in prompts)
+            group.length = width
+            if all(len(p) == width for p in prompts):  # nothing padded: causal attention as it is
+                group.mask = group.positions = None
+                return torch.tensor(prompts, device=self._device)
             pad = self._tokenizer.pad_token_id
             pad = min(self._eos, default=0) if pad is None else pad  # masked out: any id will do
-            group.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-            group.positions = (group.mask.cumsum(-1) - 1).clamp(min=0)
-            return torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        ids = group.next_ids
-        group.mask = torch.cat([group.mask, torch.ones_like(ids)], dim=1)
-        group.positions = group.positions[:, -1:] + 1
-        return ids
+            # one mask for the whole answer, filled a column per step (no tensor grows per token)
+            mask = torch.ones(len(prompts), width + group.room, dtype=torch.long, device=self._device)
+            for j, p in enumerate(prompts):
+                mask[j, : width - len(p)] = 0
+            group.mask = mask
+            group.positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+            return torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self._device)
+        group.length += 1
+        if group.mask is not None:
+            group.positions = group.positions[:, -1:] + 1
+        return group.next_ids
 
 
 def _advance(row: _Row, tokenizer, eos: frozenset, finish: str | None, limit: int, now: float) -> None:
@@ -463,14 +477,27 @@ def _advance(row: _Row, tokenizer, eos: frozenset, finish: str | None, limit: in
             finish = "eos"
         else:
             reply.tokens = len(row.tokens)
-            text = tokenizer.decode(row.tokens, skip_special_tokens=True)
-            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                reply.text = text
+            reply.text += _new_text(row, tokenizer)
             if reply.tokens >= limit:
                 finish = "length"
     if finish is not None:
         reply.text = tokenizer.decode(row.tokens, skip_special_tokens=True)
     reply.elapsed, reply.finish = now, finish
+
+
+def _new_text(row: _Row, tokenizer) -> str:
+    """The text the newest token adds, decoding only a short window (not the whole answer per token).
+
+    Decodes tokens[prefix:] and tokens[prefix:read] and returns what the new token appended; the
+    window keeps one token of context so tokenizers that drop a leading space stay right. Waits
+    (returns "") while a multi-byte character is incomplete. The final text is decoded whole.
+    """
+    before = tokenizer.decode(row.tokens[row.prefix : row.read], skip_special_tokens=True)
+    after = tokenizer.decode(row.tokens[row.prefix :], skip_special_tokens=True)
+    if len(after) <= len(before) or after.endswith("\ufffd"):
+        return ""
+    row.prefix, row.read = row.read, len(row.tokens)
+    return after[len(before) :]
 
 
 def _free() -> None:
