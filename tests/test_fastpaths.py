@@ -195,6 +195,26 @@ def test_interleave_alternates_order_and_takes_medians():
     assert Row("t", "m", 4.0, 2.0, "s", 1.0, higher_is_better=False).verdict == "MISSED"
 
 
+def test_chat_bench_warms_up_and_reports_spread_and_load(lively_model, monkeypatch):
+    from bench import chat
+    from bench.common import table
+
+    engine = ChatEngine()
+    engine.load(str(lively_model), dtype="float32")
+    model = models.load_model(str(lively_model), dtype=torch.float32).eval()
+    tokenizer = models.load_tokenizer(str(lively_model))
+    calls = []
+    real = chat.generate_once
+    monkeypatch.setattr(chat, "generate_once", lambda *a: calls.append(a[2]) or real(*a))
+    rows = chat.single_pane({"fp32": engine}, {"fp32": model}, tokenizer, ["Hi", "Sea?"], 6, 2)
+    assert len(calls) == 2 * 3, "one warm-up round and two timed rounds per prompt"
+    assert [r.measure.split(",")[0] for r in rows] == ["single pane decode", "time to first token"]
+    assert all(r.ours > 0 and r.theirs > 0 and "-" in r.spread and r.load for r in rows)
+    assert "| spread (studio / baseline) | load |" in table([chat.Section("chat", rows)])
+    monkeypatch.setenv("STUDIO_CHAT_PATH", "pytorch")
+    assert chat.llama_cpp_rows(model, tokenizer, ["Hi"], 4, 1)[0] == []
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no CUDA")
 def test_gpu_bench_refuses_clearly_without_cuda(capsys):
     from bench import gpu
