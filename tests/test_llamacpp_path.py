@@ -41,6 +41,22 @@ def test_without_a_binding_the_reason_says_how_to_get_one(monkeypatch):
     assert "PyTorch" in llamacpp.unavailable()
 
 
+def test_a_loaded_engine_says_which_path_serves_each_pane(tiny_model, tmp_path, monkeypatch):
+    from studio.chat.engine import ChatEngine
+
+    engine = ChatEngine()
+    assert llamacpp.path_for(engine, [None]).reason == "no model is loaded"
+    engine.load(str(tiny_model), dtype="float32")
+    name = engine.add_adapter(_random_lora(str(tiny_model), tmp_path / "lora"))
+    monkeypatch.setattr(llamacpp, "unavailable", lambda: None)
+    choice = llamacpp.path_for(engine, [None, name])
+    assert choice.path == llamacpp.TORCH and "no GGUF file" in choice.reason  # a local folder, not GGUF
+    monkeypatch.setattr(engine, "spec", "default")
+    assert llamacpp.path_for(engine, [None, name]).path == llamacpp.LLAMA_CPP
+    monkeypatch.setattr(llamacpp, "unavailable", lambda: "no llama.cpp binding is installed")
+    assert llamacpp.path_for(engine, [name]).label() == "PyTorch (no llama.cpp binding is installed)"
+
+
 def _random_lora(spec: str, folder, **extra):
     import torch
     from peft import LoraConfig, get_peft_model

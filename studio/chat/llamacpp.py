@@ -88,6 +88,24 @@ def choose_path(
     return PathChoice(LLAMA_CPP, "fastest on this CPU")
 
 
+def path_for(engine, adapters: list[str | None]) -> PathChoice:
+    """Which path would serve a pane of a loaded ChatEngine answering with these adapters."""
+    from studio import models
+
+    model = engine._model
+    if model is None:
+        return PathChoice(TORCH, "no model is loaded")
+    configs = []
+    for name in adapters:
+        if name is not None:
+            folder = engine.adapters[name]
+            configs.append(json.loads((Path(folder) / "adapter_config.json").read_text()))
+    architecture = (getattr(model.config, "architectures", None) or ["?"])[0]
+    has_gguf = engine.spec == "default" and models.gguf_path().is_file()
+    device = next(model.parameters()).device.type
+    return choose_path(device, architecture, has_gguf, configs, unavailable())
+
+
 def _targets(config: dict) -> list[str]:
     targets = config.get("target_modules") or []
     return [targets] if isinstance(targets, str) else list(targets)
