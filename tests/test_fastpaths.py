@@ -91,6 +91,17 @@ def test_engine_greedy_equals_generate_default_model(default_model):
     _check_engine_equals_generate(default_model, 32)
 
 
+def test_padded_batch_of_unequal_prompts_equals_each_alone(lively_model):
+    """Rows of different lengths go through the preallocated left-padded mask: same text as alone."""
+    engine = ChatEngine()
+    engine.load(str(lively_model), dtype="float32")
+    prompts = ["Hi", "Write a haiku about the sea, please, in three lines.", PROMPTS[0]]
+    requests = [([{"role": "user", "content": p}], None) for p in prompts]
+    together = [r.text for r in list(engine.stream_batch(requests, GREEDY))[-1]]
+    assert together == [_answer(engine, p) for p in prompts]
+    assert len(set(together)) == 3
+
+
 def test_incremental_detokenization_equals_decoding_the_whole_answer(tiny_model):
     """The engine decodes a short window per token; the text it shows equals decoding everything."""
     from studio.chat.engine import _new_text, _Row
