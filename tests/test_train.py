@@ -160,6 +160,10 @@ def test_qlora_trains_a_4bit_base(tiny_model_64, data_dir, tmp_path):
     assert_completed(proc, run_dir)
     assert_lora_learned(run_dir)
     assert "load_in_4bit: true" in (run_dir / "recipe.yaml").read_text()
+    # what the user reads first is the studio's own lines, not library chatter
+    shown = proc.stdout + proc.stderr + (run_dir / "train.log").read_text()
+    for noise in ("UserWarning", "gemm_4bit_forward", "pip install kernels"):
+        assert noise not in shown, shown[:2000]
 
 
 def test_full_fine_tune_changes_the_weights(tiny_model, data_dir, tmp_path):

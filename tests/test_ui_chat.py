@@ -43,7 +43,6 @@ def _pick(page, elem_id: str, option: str) -> None:
 
 def _chat_and_vote(page, tiny) -> None:
     page.get_by_role("tab", name="Chat", exact=True).click()
-    page.get_by_role("button", name="Refresh adapters", exact=True).click()
     page.locator("#chat-base input").fill(str(tiny))
     expect(page.locator("#chat-a input")).to_have_value("base model (no adapter)")
     _pick(page, "chat-b", "lora1")
@@ -74,7 +73,6 @@ def _chat_and_vote(page, tiny) -> None:
 
 def _export_and_save(page, studio_home) -> None:
     page.get_by_role("tab", name="Votes", exact=True).click()
-    page.get_by_role("button", name="Refresh", exact=True).click()
     expect(page.locator("#votes-report")).to_contain_text("1 votes")
     expect(page.locator("#votes-table")).to_contain_text("What is the capital of France?")
     page.get_by_role("button", name="Export JSONL", exact=True).click()

@@ -44,6 +44,11 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import logging
+
+    # Before transformers imports bitsandbytes, which logs a missing optional kernel on import
+    # (run.quiet_libraries says what else is kept out of train.log).
+    logging.getLogger("bitsandbytes.backends.cpu").setLevel(logging.ERROR)
     from studio.train import run
 
     return run.main(args.recipe, sets=args.sets, run_dir=args.run_dir, resume=args.resume)

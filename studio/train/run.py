@@ -299,13 +299,21 @@ def default_run_dir(recipe: Recipe) -> Path:
 
 
 def quiet_libraries() -> None:
-    """No progress bars or deprecation chatter in train.log: metrics lines say how it goes."""
+    """No progress bars or library chatter in train.log: metrics lines say how it goes.
+
+    Left out: bitsandbytes' note that an optional CPU kernel package is missing (it falls back
+    to its own kernel) and torch's notice that bitsandbytes' 4-bit matmul has no registered
+    autograd kernel (bitsandbytes computes that gradient itself). Other warnings still show.
+    """
+    import logging
     import warnings
 
     import datasets
     from transformers.utils import logging as hf_logging
 
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"bitsandbytes::\w+: an autograd kernel was not registered")
+    logging.getLogger("bitsandbytes.backends.cpu").setLevel(logging.ERROR)
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
 

@@ -32,18 +32,18 @@ def build_app() -> gr.Blocks:
                 build_data_tab()
             with gr.Tab("Models", id="models"):
                 build_models_tab()
-            with gr.Tab("Train", id="train"):
-                build_train_tab()
-            with gr.Tab("Runs", id="runs"):
-                run_picked, evaluate_btn = build_runs_tab()
+            with gr.Tab("Train", id="train") as train_tab:
+                build_train_tab(train_tab)
+            with gr.Tab("Runs", id="runs") as runs_tab:
+                run_picked, evaluate_btn = build_runs_tab(runs_tab)
             with gr.Tab("Evaluate", id="evaluate"):
                 eval_run = build_evaluate_tab()
-            with gr.Tab("Chat", id="chat"):
-                build_chat_tab()
-            with gr.Tab("Votes", id="votes"):
-                build_votes_tab()
-            with gr.Tab("Hub", id="hub"):
-                build_hub_tab()
+            with gr.Tab("Chat", id="chat") as chat_tab:
+                build_chat_tab(chat_tab)
+            with gr.Tab("Votes", id="votes") as votes_tab:
+                build_votes_tab(votes_tab)
+            with gr.Tab("Hub", id="hub") as hub_tab:
+                build_hub_tab(hub_tab)
             with gr.Tab("API", id="serve"):
                 build_serve_tab()
         evaluate_btn.click(

@@ -189,7 +189,19 @@ def on_regenerate(session_id, seed):
     return first, second, prompt, int(seed or 0) + 1
 
 
-def build_chat_tab() -> None:
+def on_show():
+    """The tab is shown: list the adapters trained and models saved since the page was built."""
+    adapters = adapter_choices()
+    return (
+        gr.update(choices=adapters),
+        gr.update(choices=adapters),
+        gr.update(choices=models.local_specs()),
+        training_warning(),
+    )
+
+
+def build_chat_tab(tab: gr.Tab | None = None) -> None:
+    """`tab`: the Chat tab, so that showing it lists the adapters trained meanwhile."""
     # only the session's id lives in the page; the turns live in studio.chat.session's registry
     session_id = gr.State(turns.new_id, delete_callback=turns.forget)
     warning = gr.Markdown(training_warning)  # a callable: re-read on every page load
@@ -208,7 +220,6 @@ def build_chat_tab() -> None:
         load_btn = gr.Button("Load", scale=1)
     with gr.Row():
         mem = gr.Markdown(memory_text, elem_id="chat-memory")
-        refresh_btn = gr.Button("Refresh adapters", size="sm")
         find_model = gr.Button("Search the Hub for a model…", size="sm")
         unload_btn = gr.Button("Unload and free memory", size="sm")
     blind = gr.Checkbox(True, label="Blind A/B: shuffle the sides each turn and hide the names until I vote")
@@ -261,10 +272,7 @@ def build_chat_tab() -> None:
     find_model.click(None, js=common.OPEN_MODELS_TAB)
     load_btn.click(on_load, [base, side_a, side_b], [mem])
     unload_btn.click(on_unload, None, [mem])
-    refresh_btn.click(
-        lambda: (gr.update(choices=adapter_choices()),) * 2 + (training_warning(),),
-        None,
-        [side_a, side_b, warning],
-    )
+    if tab is not None:
+        tab.select(on_show, None, [side_a, side_b, base, warning], show_progress="hidden")
     gr.on([button.click for button in vote_btns], on_vote, [session_id], [reveal, edited])
     save_edit.click(on_save_edit, [edited, session_id], [reveal, edited])

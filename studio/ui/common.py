@@ -55,15 +55,34 @@ def stats_markdown(token_stats, limit: int) -> str:
     )
 
 
+# Plain names for the curves' legend, one per metric key the trainer logs.
+SERIES_NAMES = {
+    "loss": "train loss",
+    "eval_loss": "eval loss",
+    "learning_rate": "learning rate",
+    "rewards/margins": "reward margin",
+    "rewards/accuracies": "accuracy",
+}
+
+
 def series_frame(rows: list[dict], keys: list[str], x: str = "step") -> pd.DataFrame:
-    """Long-format frame (x, value, series) of the given metric keys, for gr.LinePlot."""
-    data = [
-        {x: row[x], "value": float(row[key]), "series": key}
+    """Long-format frame (x, value, series) of the given metric keys, for gr.LinePlot; each
+    series is named in plain words (SERIES_NAMES).
+
+    The frame opens with one row per key with no value (drawn as nothing, placed at the first
+    step so the axis does not stretch): Gradio's LinePlot fixes its colours and legend to the
+    series of the first frame it draws and never rebuilds them on later updates, so every series
+    the plot can show must be named from the first frame on.
+    """
+    points = [
+        {x: float(row[x]), "value": float(row[key]), "series": SERIES_NAMES.get(key, key)}
         for row in rows
         for key in keys
         if x in row and isinstance(row.get(key), int | float)
     ]
-    # Explicit dtypes: an empty first frame must not make the plot's axes categorical.
+    first = points[0][x] if points else 1.0
+    data = [{x: first, "value": float("nan"), "series": SERIES_NAMES.get(k, k)} for k in keys] + points
+    # Explicit dtypes: a first frame with no points must not make the plot's axes categorical.
     frame = pd.DataFrame(data, columns=[x, "value", "series"])
     return frame.astype({x: "float64", "value": "float64", "series": "object"})
 

@@ -20,7 +20,7 @@ from studio.publish import card, export, hub
 from studio.train import runs
 
 ADAPTER, MERGED = "adapter", "merged model"
-NO_RUNS = "No completed run with an adapter yet: train one in the Train tab, then press ↻."
+NO_RUNS = "No completed run with an adapter yet: train one in the Train tab, and it shows up here."
 _CURVE_LINK = f"![Training loss]({card.CURVE_NAME})"
 
 
@@ -37,7 +37,7 @@ def run_choices() -> list[tuple[str, str]]:
 
 def _run_folder(run_id: str | None) -> export.RunFolder:
     if not run_id:
-        raise ValueError("pick a completed run first (the Run list above; press ↻ if it is missing)")
+        raise ValueError("pick a completed run first (the Run list above)")
     run = export.load_run(workspace.run_path(run_id))
     export.require_completed(run)
     return run
@@ -206,7 +206,8 @@ def on_gguf(run_id: str | None):
 
 
 # --- layout -------------------------------------------------------------------------------------
-def build_hub_tab() -> None:
+def build_hub_tab(tab: gr.Tab | None = None) -> None:
+    """`tab`: the Hub tab, so that showing it lists the runs completed meanwhile."""
     choices = run_choices()
     with gr.Row(equal_height=True):
         run = gr.Dropdown(
@@ -214,9 +215,9 @@ def build_hub_tab() -> None:
             value=choices[0][1] if choices else None,
             label="Run",
             info="Completed runs with an adapter",
+            elem_id="hub-run",
             scale=5,
         )
-        refresh = gr.Button("↻", size="sm", scale=0, min_width=48)
     no_runs = gr.Markdown("" if choices else NO_RUNS)
     with gr.Row():
         with gr.Column(scale=3):
@@ -230,7 +231,8 @@ def build_hub_tab() -> None:
             with gr.Column(scale=1, min_width=240):
                 curve = gr.Image(curve_image(run.value), label=card.CURVE_NAME, interactive=False)
     repo_id, what = push_controls
-    refresh.click(on_refresh, [run], [run, no_runs])
+    if tab is not None:
+        tab.select(on_refresh, [run], [run, no_runs], show_progress="hidden")
     run.change(card_preview, [run, repo_id, what], [preview]).then(curve_image, [run], [curve])
     what.change(card_preview, [run, repo_id, what], [preview])
     for event in (repo_id.blur, repo_id.submit):

@@ -81,29 +81,50 @@ def probes_frame(run_id: str) -> pd.DataFrame:
     return pd.DataFrame(data, columns=["prompt", "before (base)", "after (tuned)"])
 
 
-def on_refresh(run_id: str | None):
-    """Timer tick: the table, and the selected run's live view."""
+def _plot(rows: list[dict], keys: list[str]):
+    return common.series_frame(rows, keys)
+
+
+ACTIONS = {  # state -> (Stop clickable, Resume clickable)
+    "queued": (True, False),
+    "running": (True, False),
+    "stopped": (False, True),
+    "failed": (False, True),
+}
+
+
+def on_refresh(run_id: str | None, known: list[str] | None):
+    """Timer tick: the table, and the selected run's live view.
+
+    A run that appeared since the last tick (just launched, here or from a terminal) is selected.
+    """
     table = runs_table()
     choices = list(table["run"])
-    # Only an empty selection is filled in: rewriting the value on every tick would race the user.
+    new = [r for r in choices if known is not None and r not in known]
+    # Otherwise only an empty selection is filled in: rewriting it every tick would race the user.
     picker = gr.update(choices=choices)
-    if not run_id and choices:
-        run_id = choices[0]
+    if (new or not run_id) and choices:
+        run_id = new[0] if new else choices[0]
         picker = gr.update(choices=choices, value=run_id)
     if not run_id or run_id not in choices:
-        empty = common.series_frame([], LOSS_KEYS)
-        return table, picker, "No run selected.", empty, empty, empty, "", None
+        empty = _plot([], LOSS_KEYS)
+        off = gr.update(interactive=False)
+        return table, picker, "No run selected.", empty, empty, empty, "", None, off, off, choices
     info = runs.get(run_id)
     rows = rundir.follow_metrics(info.path)
+    can_stop, can_resume = ACTIONS.get(info.state, (False, False))
     return (
         table,
         picker,
         progress_html(info),
-        common.series_frame(rows, LOSS_KEYS),
-        common.series_frame(rows, ["learning_rate"]),
-        common.series_frame(rows, PREF_KEYS),
+        _plot(rows, LOSS_KEYS),
+        _plot(rows, ["learning_rate"]),
+        _plot(rows, PREF_KEYS),
         rundir.log_tail(info.path, 40),
         probes_frame(run_id),
+        gr.update(interactive=can_stop),
+        gr.update(interactive=can_resume),
+        choices,
     )
 
 
@@ -178,14 +199,15 @@ def _offer_evaluate(run_id: str | None):
     return gr.update(visible=done)
 
 
-def build_runs_tab() -> tuple[gr.Dropdown, gr.Button]:
-    """The tab; returns the run picker and the "Evaluate" button (the app wires it to Evaluate)."""
+def build_runs_tab(tab: gr.Tab | None = None) -> tuple[gr.Dropdown, gr.Button]:
+    """The tab; returns the run picker and the "Evaluate" button (the app wires it to Evaluate).
+    `tab`: the Runs tab, so that showing it refreshes the view at once."""
     timer = gr.Timer(POLL_S)
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="Runs", interactive=False, wrap=True)
     with gr.Row():
         selected = gr.Dropdown([], label="Run", scale=3, allow_custom_value=False)
-        stop_btn = gr.Button("Stop", variant="stop", scale=1)
-        resume_btn = gr.Button("Resume", scale=1)
+        stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False)
+        resume_btn = gr.Button("Resume", scale=1, interactive=False)
         dup_btn = gr.Button("Duplicate as new run", scale=1)
         evaluate_btn = gr.Button("Evaluate", variant="primary", scale=1, visible=False)
     with gr.Row():
@@ -194,11 +216,29 @@ def build_runs_tab() -> tuple[gr.Dropdown, gr.Button]:
     progress = gr.HTML(elem_id="run-progress")
     with gr.Row():
         loss_plot = gr.LinePlot(
-            x="step", y="value", color="series", label="Loss (train and eval)", height=260
+            x="step",
+            y="value",
+            color="series",
+            label="Loss (train and eval)",
+            height=260,
+            elem_id="runs-loss",
         )
-        lr_plot = gr.LinePlot(x="step", y="value", color="series", label="Learning rate", height=260)
+        lr_plot = gr.LinePlot(
+            x="step",
+            y="value",
+            color="series",
+            label="Learning rate",
+            height=300,
+            color_title="line",
+            elem_id="runs-lr",
+        )
         pref_plot = gr.LinePlot(
-            x="step", y="value", color="series", label="Reward margin and accuracy", height=260
+            x="step",
+            y="value",
+            color="series",
+            label="Reward margin and accuracy",
+            height=260,
+            elem_id="runs-pref",
         )
     probes = gr.Dataframe(label="Probe answers: before and after", interactive=False, wrap=True)
     log = gr.Code(label="Log (last lines)", language=None, lines=12)
@@ -208,10 +248,12 @@ def build_runs_tab() -> tuple[gr.Dropdown, gr.Button]:
         compare_plot = gr.LinePlot(x="step", y="value", color="series", label="Loss", height=300)
         compare_table = gr.Dataframe(label="Recipes side by side (differences first)", interactive=False)
 
-    outputs = [table, selected, progress, loss_plot, lr_plot, pref_plot, log, probes]
-    timer.tick(on_refresh, [selected], outputs, show_progress="hidden")
+    known = gr.State(None)  # run ids seen by the last tick: a new one gets selected
+    outputs = [table, selected, progress, loss_plot, lr_plot, pref_plot, log, probes, stop_btn, resume_btn]
+    outputs.append(known)
+    triggers = [timer.tick, selected.input] + ([tab.select] if tab is not None else [])
+    gr.on(triggers, on_refresh, [selected, known], outputs, show_progress="hidden")
     timer.tick(_offer_evaluate, [selected], [evaluate_btn], show_progress="hidden")
-    selected.input(on_refresh, [selected], outputs, show_progress="hidden")
     stop_btn.click(on_stop, [selected], None)
     resume_btn.click(on_resume, [selected], None)
     dup_btn.click(on_duplicate, [selected], None)

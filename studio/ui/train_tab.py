@@ -211,7 +211,14 @@ def on_cluster(recipe_path, model, dataset, nodes, gpus, strategy, job_name, *va
     return note, cluster.accelerate_config(job), cluster.slurm_script(job), torchrun, zip_path
 
 
-def build_train_tab() -> None:
+def on_show():
+    """The tab is shown: list the datasets and models saved since the page was built."""
+    datasets = [e.name for e in store.list_saved()] + store.list_samples()
+    return gr.update(choices=datasets), gr.update(choices=models.local_specs())
+
+
+def build_train_tab(tab: gr.Tab | None = None) -> None:
+    """`tab`: the Train tab, so that showing it lists the datasets and models saved meanwhile."""
     datasets = [e.name for e in store.list_saved()] + store.list_samples()
     initial = on_recipe("recipes/qlora_sft.yaml")
     with gr.Row():
@@ -220,6 +227,7 @@ def build_train_tab() -> None:
             value="sample:alpaca.jsonl" if "sample:alpaca.jsonl" in datasets else None,
             label="Dataset",
             scale=2,
+            elem_id="train-dataset",
         )
         model = gr.Dropdown(
             models.local_specs(),
@@ -241,7 +249,6 @@ def build_train_tab() -> None:
             scale=1,
         )
     with gr.Row():
-        refresh = gr.Button("Refresh dataset list", size="sm")
         find_model = gr.Button("Search the Hub for a model…", size="sm")
     with gr.Row():
         gr.Markdown(RANK_GUIDE)
@@ -284,11 +291,8 @@ def build_train_tab() -> None:
     top = [recipe, model, dataset, devices]
     method.change(on_method, [method], [recipe])
     recipe.change(on_recipe, [recipe], widgets)
-    refresh.click(
-        lambda: gr.update(choices=[e.name for e in store.list_saved()] + store.list_samples()),
-        None,
-        [dataset],
-    )
+    if tab is not None:
+        tab.select(on_show, None, [dataset, model], show_progress="hidden")
     model.focus(lambda: gr.update(choices=models.local_specs()), None, model)
     find_model.click(None, js=common.OPEN_MODELS_TAB)
     check_btn.click(on_check, top + widgets, [problems, mem, command])

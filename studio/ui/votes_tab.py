@@ -86,12 +86,13 @@ def on_save(name: str, kind: str):
         return f"**Not saved.** {exc}"
     methods = "DPO, SimPO or ORPO" if entry.kind == "preference" else "KTO"
     return (
-        f"Saved **{entry.name}** ({entry.rows} {entry.kind} rows). In the Train tab press "
-        f"'Refresh dataset list', pick it as the dataset and a {methods} recipe."
+        f"Saved **{entry.name}** ({entry.rows} {entry.kind} rows). In the Train tab "
+        f"pick it as the dataset and a {methods} recipe."
     )
 
 
-def build_votes_tab() -> None:
+def build_votes_tab(tab: gr.Tab | None = None) -> None:
+    """`tab`: the Votes tab, so that showing it lists the votes cast meanwhile."""
     report = gr.Markdown(report_markdown, elem_id="votes-report")  # callables: fresh on page load
     table = gr.Dataframe(
         votes_frame,
@@ -102,7 +103,6 @@ def build_votes_tab() -> None:
         elem_id="votes-table",
     )
     with gr.Row():
-        refresh = gr.Button("Refresh")
         vote_id = gr.Number(None, precision=0, label="Vote id to delete", elem_id="votes-delete-id")
         delete = gr.Button("Delete vote", variant="stop")
     with gr.Row():
@@ -119,7 +119,8 @@ def build_votes_tab() -> None:
         name = gr.Textbox(label="Save as dataset", placeholder="my-votes", elem_id="votes-name")
         save = gr.Button("Save as dataset", variant="primary")
     saved = gr.Markdown(elem_id="votes-saved")
-    refresh.click(on_refresh, None, [table, report])
+    if tab is not None:
+        tab.select(on_refresh, None, [table, report], show_progress="hidden")
     delete.click(on_delete, [vote_id], [table, report])
     export.click(on_export, [kind], [download, exported])
     save.click(on_save, [name, kind], [saved])

@@ -1,0 +1,126 @@
+"""The live views in a real browser: curves that draw from the first logged step and grow, lists
+that show what the workspace holds whenever their tab is shown, Stop/Resume only where they apply.
+
+Run folders are written by hand (the run-folder contract in studio/rundir.py), so the tests watch
+the views without paying for a training run.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import yaml
+from playwright.sync_api import expect
+
+from studio import rundir
+from studio.data import store
+from studio.prefs import store as votes
+from tests.support.app import screenshot
+
+pytestmark = [pytest.mark.browser]
+
+
+def _run(home, run_id: str, state: str, method: str = "sft", created: str = ""):
+    created = created or (datetime.now(UTC) - timedelta(minutes=3)).isoformat()
+    run = home / "runs" / run_id
+    run.mkdir(parents=True)
+    recipe = {"method": method, "model": "default", "dataset": "sample:alpaca.jsonl", "max_steps": 10}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    now = datetime.now(UTC).isoformat()
+    status = {"state": state, "step": 0, "max_steps": 10, "started_at": created, "ended_at": now}
+    (run / "status.json").write_text(json.dumps(status))
+    (run / "launch.json").write_text(json.dumps({"created_at": created, "method": method, "sets": []}))
+    (run / "metrics.jsonl").write_text("")
+    return run
+
+
+def _legend(page, plot: str) -> list[str]:
+    return page.locator(f"#{plot} .role-legend-label text").all_text_contents()
+
+
+def _lines(page, plot: str) -> int:
+    """Drawn line paths: at least two points (an 'M x,y L x,y' path) and a colour to draw them in."""
+    paths = page.locator(f"#{plot} .mark-line path")
+    drawn = 0
+    for i in range(paths.count()):
+        d, stroke = paths.nth(i).get_attribute("d") or "", paths.nth(i).get_attribute("stroke") or ""
+        drawn += "L" in d and stroke not in ("", "none", "transparent")
+    return drawn
+
+
+def _wait(page, check, timeout_s: float = 30) -> None:
+    for _ in range(int(timeout_s * 4)):
+        if check():
+            return
+        page.wait_for_timeout(250)
+    assert check()
+
+
+def test_curves_draw_from_the_first_steps_and_grow(studio_home, page, app):
+    run = _run(studio_home, "dpo-run", "completed", method="dpo")
+    server = app()
+    page.goto(server.url)
+    page.get_by_role("tab", name="Runs", exact=True).click()
+    expect(page.locator("#run-progress")).to_contain_text("dpo-run")
+    page.wait_for_timeout(2500)  # a tick or two with no metrics yet: the plots start empty
+
+    for step in (1, 2):
+        rundir.append_metrics(run, {"step": step, "loss": 2.0 - 0.2 * step, "learning_rate": 1e-4})
+        rundir.append_metrics(run, {"step": step, "rewards/margins": 0.1 * step, "rewards/accuracies": 0.5})
+    _wait(page, lambda: _lines(page, "runs-loss") >= 1 and _lines(page, "runs-pref") >= 2)
+    assert _legend(page, "runs-loss") == ["train loss", "eval loss"]
+    assert _legend(page, "runs-pref") == ["reward margin", "accuracy"]
+    assert _lines(page, "runs-loss") == 1  # no eval loss logged yet
+
+    rundir.append_metrics(run, {"step": 3, "loss": 1.2, "eval_loss": 1.4})
+    rundir.append_metrics(run, {"step": 4, "loss": 1.1, "eval_loss": 1.3})
+    _wait(page, lambda: _lines(page, "runs-loss") == 2)  # the eval curve joins the plot
+    screenshot(page, "runs-live-curves")
+
+    # a completed run can be neither stopped nor resumed
+    expect(page.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
+    expect(page.get_by_role("button", name="Resume", exact=True)).to_be_disabled()
+
+
+def test_every_list_shows_the_workspace_when_its_tab_is_shown(studio_home, page, app):
+    _run(studio_home, "old-run", "stopped")
+    server = app()
+    page.goto(server.url)
+    page.get_by_role("tab", name="Runs", exact=True).click()
+    expect(page.locator("#run-progress")).to_contain_text("old-run")
+    expect(page.get_by_role("button", name="Resume", exact=True)).to_be_enabled()
+    for tab in ("Train", "Chat", "Votes", "Hub"):  # each tab seen once, before anything exists
+        page.get_by_role("tab", name=tab, exact=True).click()
+
+    # meanwhile (another tab, a terminal): a dataset saved, a run finished, a vote cast, a launch
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    store.save("my-notes", rows, "sft", "messages", "test")
+    done = _run(studio_home, "finished-run", "completed")
+    (done / "adapter").mkdir()
+    (done / "adapter" / "adapter_config.json").write_text("{}")
+    votes.record_vote([{"role": "user", "content": "hi"}], "a", "b", "A")
+    _run(studio_home, "new-run", "queued", created=datetime.now(UTC).isoformat())
+
+    page.get_by_role("tab", name="Train", exact=True).click()
+    page.locator("#train-dataset input").click()
+    expect(page.get_by_role("option", name="my-notes", exact=True)).to_be_visible()
+    page.keyboard.press("Escape")
+
+    page.get_by_role("tab", name="Chat", exact=True).click()
+    page.locator("#chat-b input").click()
+    expect(page.get_by_role("option", name="finished-run", exact=True)).to_be_visible()
+    page.keyboard.press("Escape")
+
+    page.get_by_role("tab", name="Votes", exact=True).click()
+    expect(page.locator("#votes-report")).to_contain_text("1 votes")
+
+    page.get_by_role("tab", name="Hub", exact=True).click()
+    expect(page.locator("#hub-run input")).to_have_value("finished-run · sft on sample:alpaca.jsonl")
+
+    page.get_by_role("tab", name="Runs", exact=True).click()  # the new run is selected
+    expect(page.locator("#run-progress")).to_contain_text("new-run", timeout=15_000)
+    expect(page.get_by_role("button", name="Stop", exact=True)).to_be_enabled()
+    for name in ("Refresh dataset list", "Refresh adapters", "Refresh", "↻"):
+        assert page.get_by_role("button", name=name, exact=True).count() == 0
