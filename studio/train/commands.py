@@ -10,6 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_train(sub)
     _register_runs(sub)
     _register_cluster(sub)
+    _register_tune(sub)
 
 
 def _add_sets(parser: argparse.ArgumentParser) -> None:
@@ -144,4 +145,44 @@ def _cluster(args: argparse.Namespace) -> int:
         return 2
     for path in written:
         print(path)
+    return 0
+
+
+def _register_tune(sub: argparse._SubParsersAction) -> None:
+    tune = sub.add_parser(
+        "tune",
+        help="the guided path: pick the recipe from the data, model, machine and budget, explain "
+        "each choice, and queue the run",
+    )
+    tune.add_argument("dataset", help="saved dataset name, sample:<file> or a file path")
+    tune.add_argument("--model", default="default", help="model spec (default: the embedded model)")
+    tune.add_argument(
+        "--goal",
+        default="style",
+        choices=("style", "prefer", "thumbs"),
+        help="style: answer like my examples (SFT) · prefer: chosen over rejected (DPO) · thumbs: "
+        "thumbs up/down (KTO)",
+    )
+    tune.add_argument("--budget", default="quick", choices=("quick", "balanced", "thorough"))
+    tune.add_argument("--dry-run", action="store_true", help="print the choices, queue nothing")
+    tune.set_defaults(handler=_tune)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from studio.train import runs, tune
+
+    try:
+        plan = tune.plan(args.dataset, args.model, args.goal, args.budget)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Recipe: {plan.recipe} ({plan.method.upper()}), {plan.steps} steps")
+    for choice in plan.choices:
+        hint = f" [{choice.field}={choice.value}]" if choice.field else ""
+        print(f"- {choice.label}: {choice.reason}{hint}")
+    if args.dry_run:
+        return 0
+    run_id = runs.submit(plan.recipe, tune.sets_for(plan, args.dataset, args.model), plan.method)
+    runs.schedule()
+    print(f"Queued run {run_id}: follow it with `python -m studio runs list` or in the Runs tab.")
     return 0
