@@ -124,3 +124,22 @@ def test_every_list_shows_the_workspace_when_its_tab_is_shown(studio_home, page,
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_enabled()
     for name in ("Refresh dataset list", "Refresh adapters", "Refresh", "↻"):
         assert page.get_by_role("button", name=name, exact=True).count() == 0
+
+
+def test_votes_table_shows_run_names_and_local_times(studio_home, page, app):
+    model, adapter = "/models/SmolLM2-135M-Instruct", str(studio_home / "runs" / "house-style" / "adapter")
+    vote = votes.record_vote(
+        [{"role": "user", "content": "hi"}], "a", "b", "B", model_a=model, model_b=model, adapter_b=adapter
+    )
+    [stored] = votes.list_votes()
+    local = datetime.fromisoformat(stored.created_at).astimezone().strftime("%Y-%m-%d %H:%M")
+    server = app()
+    page.goto(server.url)
+    page.get_by_role("tab", name="Votes", exact=True).click()
+    table = page.locator("#votes-table")
+    expect(table).to_contain_text("SmolLM2-135M-Instruct + house-style")
+    expect(table).to_contain_text(local)
+    assert "/models/" not in table.inner_text() and "+00:00" not in table.inner_text()
+    assert page.locator("#votes-delete-id input").input_value() == ""  # starts empty, not 0
+    assert vote == stored.id
+    screenshot(page, "votes-names")

@@ -3,14 +3,32 @@ JSONL, or save them as a dataset that the Train tab lists for a preference run."
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+
 import gradio as gr
 import pandas as pd
 
 from studio import workspace
+from studio.chat.adapters import adapter_label
 from studio.prefs import records, report, store
 
 COLUMNS = ["id", "time", "preferred", "model A", "model B", "shown first", "prompt", "edited"]
 PREFERRED = {"A": "A", "B": "B", "tie": "tie", "both_bad": "both bad"}
+
+
+def _side(model: str, adapter: str) -> str:
+    """'SmolLM2-135M-Instruct + my-run': the model folder's name and the adapter's run name."""
+    name = Path(model).name if model else "(unknown model)"
+    return f"{name} + {adapter_label(Path(adapter))}" if adapter else name
+
+
+def _local_time(stamp: str) -> str:
+    """An ISO time as this machine's local time, to the minute."""
+    try:
+        return datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError):
+        return stamp
 
 
 def votes_frame(limit: int = 200) -> pd.DataFrame:
@@ -24,10 +42,10 @@ def votes_frame(limit: int = 200) -> pd.DataFrame:
         rows.append(
             [
                 vote.id,
-                vote.created_at,
+                _local_time(vote.created_at),
                 PREFERRED.get(vote.verdict, vote.verdict),
-                report.model_label(vote.model_a, vote.adapter_a),
-                report.model_label(vote.model_b, vote.adapter_b),
+                _side(vote.model_a, vote.adapter_a),
+                _side(vote.model_b, vote.adapter_b),
                 vote.shown_first,
                 prompt[:120],
                 "yes" if vote.edited else "",
@@ -56,16 +74,26 @@ def report_markdown() -> str:
     return "\n".join(lines)
 
 
-def on_refresh():
-    return votes_frame(), report_markdown()
+def vote_choices(frame: pd.DataFrame) -> list[tuple[str, int]]:
+    """('#3 · What is the capital…', 3) for each vote in the table."""
+    return [(f"#{row['id']} · {str(row['prompt'])[:50]}", int(row["id"])) for _, row in frame.iterrows()]
+
+
+def on_show():
+    """The tab is shown: the votes cast since, their report, and nothing picked to delete."""
+    frame = votes_frame()
+    return frame, report_markdown(), gr.update(choices=vote_choices(frame), value=None)
 
 
 def on_delete(vote_id):
+    if vote_id is None:
+        gr.Warning("Pick the vote to delete first.")
+        return on_show()
     try:
         store.delete_vote(int(vote_id))
     except (ValueError, TypeError) as exc:
         gr.Warning(str(exc))
-    return on_refresh()
+    return on_show()
 
 
 def on_export(kind: str):
@@ -103,7 +131,9 @@ def build_votes_tab(tab: gr.Tab | None = None) -> None:
         elem_id="votes-table",
     )
     with gr.Row():
-        vote_id = gr.Number(None, precision=0, label="Vote id to delete", elem_id="votes-delete-id")
+        vote_id = gr.Dropdown(
+            vote_choices(votes_frame()), value=None, label="Vote to delete", elem_id="votes-delete-id"
+        )
         delete = gr.Button("Delete vote", variant="stop")
     with gr.Row():
         kind = gr.Radio(
@@ -120,7 +150,7 @@ def build_votes_tab(tab: gr.Tab | None = None) -> None:
         save = gr.Button("Save as dataset", variant="primary")
     saved = gr.Markdown(elem_id="votes-saved")
     if tab is not None:
-        tab.select(on_refresh, None, [table, report], show_progress="hidden")
-    delete.click(on_delete, [vote_id], [table, report])
+        tab.select(on_show, None, [table, report, vote_id], show_progress="hidden")
+    delete.click(on_delete, [vote_id], [table, report, vote_id])
     export.click(on_export, [kind], [download, exported])
     save.click(on_save, [name, kind], [saved])
