@@ -63,9 +63,18 @@ def _chat_and_vote(page, tiny) -> None:
     assert "hidden until you vote" in page.locator("#chat-left").inner_text()
     screenshot(page, "chat")
 
+    speed = page.locator("#chat-speed").inner_text()
+    assert "(length)" not in speed and "(eos)" not in speed
+    assert "finished" in speed or "stopped at the token limit" in speed
+    left_answer = _bot_text(page, "chat-left")
+
     page.get_by_role("button", name="Left is better", exact=True).click()
     expect(page.locator("#chat-reveal")).to_contain_text("Vote #1 saved")
     expect(page.locator("#chat-reveal")).to_contain_text("lora1")  # names revealed after the vote
+    expect(page.locator("#chat-left")).not_to_contain_text("hidden until you vote")  # pane titles too
+    edit_box = page.locator("#chat-edit textarea")  # the edit starts from the chosen answer
+    expect(edit_box).not_to_have_value("")
+    assert edit_box.input_value().split()[:3] == left_answer.split()[:3]
     page.locator("#chat-edit textarea").fill(EDIT)
     page.get_by_role("button", name="Save my answer as the chosen one", exact=True).click()
     expect(page.locator("#chat-reveal")).to_contain_text("Your answer was saved as the chosen one")

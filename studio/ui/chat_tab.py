@@ -90,9 +90,12 @@ def _titles(turn: turns.Turn, blind: bool) -> tuple[str, str]:
     return f"Left: {_choice_label(first)}", f"Right: {_choice_label(second)}"
 
 
+FINISH_WORDS = {"eos": "finished", "length": "stopped at the token limit"}
+
+
 def _speed(first: chat.Reply, second: chat.Reply) -> str:
     def one(reply: chat.Reply) -> str:
-        done = f" ({reply.finish})" if reply.finish else ""
+        done = f", {FINISH_WORDS.get(reply.finish, reply.finish)}" if reply.finish else ""
         return f"{reply.tokens} tokens, {reply.tokens_per_s:.1f} tok/s{done}"
 
     return f"left: {one(first)} · right: {one(second)}"
@@ -165,11 +168,14 @@ def _vote(session_id, action, edited: bool):
         turn = action(turns.get(session_id or turns.new_id()))
     except turns.TurnError as exc:
         gr.Warning(str(exc))
-        return gr.update(), gr.update()
+        return gr.update(), gr.update(), gr.update(), gr.update()
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
     gr.Info(f"Vote #{turn.vote_id} saved")
-    return _reveal(turn, edited), ""
+    titles = _titles(turn, blind=False)  # the vote reveals the names
+    # the edit box starts from the chosen answer, so a better answer is a small change to it
+    start = "" if edited else turn.answers.get(turn.verdict or "", "")
+    return _reveal(turn, edited), start, gr.update(label=titles[0]), gr.update(label=titles[1])
 
 
 def on_clear(session_id):
@@ -274,5 +280,6 @@ def build_chat_tab(tab: gr.Tab | None = None) -> None:
     unload_btn.click(on_unload, None, [mem])
     if tab is not None:
         tab.select(on_show, None, [side_a, side_b, base, warning], show_progress="hidden")
-    gr.on([button.click for button in vote_btns], on_vote, [session_id], [reveal, edited])
-    save_edit.click(on_save_edit, [edited, session_id], [reveal, edited])
+    voted = [reveal, edited, left, right]
+    gr.on([button.click for button in vote_btns], on_vote, [session_id], voted)
+    save_edit.click(on_save_edit, [edited, session_id], voted)
