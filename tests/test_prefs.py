@@ -179,7 +179,7 @@ def test_a_v1_database_upgrades_keeping_every_vote_and_its_dpo_records():
     )
     assert [v.edited for v in votes] == [None, None, None, "Rome!", "Oslo, Norway.", None]
     with sqlite3.connect(workspace.db_path()) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 3
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(votes)")}
         assert "votes_session" in indexes

@@ -8,6 +8,8 @@ The rules (documented choices, tested in tests/test_prefs.py):
 - tie or both_bad without an edit: no DPO pair. KTO: both_bad gives two negatives, a tie nothing
   (equal says nothing about good or bad).
 - KTO from pairs: the chosen is desirable (True), each rejected undesirable (False).
+- thumbs votes ("up" / "down", answer A alone): KTO gets the answer with its label; a thumbs-down
+  with an edit also gives the DPO pair (edit, answer) and the edit as a desirable KTO example.
 - a pair whose chosen and rejected texts are the same teaches nothing and is left out; a record
   repeated by several votes is written once.
 
@@ -28,6 +30,8 @@ from studio.prefs.store import Vote
 
 def candidate_pairs(vote: Vote) -> list[tuple[str, str]]:
     """(chosen, rejected) texts for one vote, identical texts included (the report counts them)."""
+    if vote.verdict in store.THUMBS:
+        return [(vote.edited, vote.answer_a)] if vote.edited else []
     winner = vote.winner
     if winner is not None:
         loser = "B" if winner == "A" else "A"
@@ -44,7 +48,11 @@ def preference_pairs(vote: Vote) -> list[tuple[str, str]]:
 
 def kto_examples(vote: Vote) -> list[tuple[str, bool]]:
     """(completion, desirable) for one vote."""
+    if vote.verdict == "up":
+        return [(vote.edited or vote.answer_a, True)]
     pairs = preference_pairs(vote)
+    if vote.verdict == "down" and not pairs:
+        return [(vote.answer_a, False)]
     if not pairs:
         if vote.verdict == "both_bad" and not vote.edited:
             return [(a, False) for a in dict.fromkeys((vote.answer_a, vote.answer_b))]
@@ -56,7 +64,7 @@ def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def _write_jsonl(path: str | Path | None, records: list[dict]) -> None:
+def write_jsonl(path: str | Path | None, records: list[dict]) -> None:
     if path is not None:
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         workspace.atomic_write_text(Path(path), lines)
@@ -95,14 +103,14 @@ def kto_records(votes: list[Vote]) -> list[dict]:
 def export_dpo(path: str | Path | None = None) -> list[dict]:
     """Every vote as preference records (DPO / SimPO / ORPO); written as JSONL to `path` if given."""
     records = dpo_records(store.all_votes())
-    _write_jsonl(path, records)
+    write_jsonl(path, records)
     return records
 
 
 def export_kto(path: str | Path | None = None) -> list[dict]:
     """Every vote as KTO records; written as JSONL to `path` if given."""
     records = kto_records(store.all_votes())
-    _write_jsonl(path, records)
+    write_jsonl(path, records)
     return records
 
 

@@ -6,7 +6,10 @@ shuffles which answer the screen shows first; `shown_first` ("A" | "B") records 
 position-bias report only: what the user preferred never depends on where it was shown.
 
 Schema history (MIGRATIONS, PRAGMA user_version): v1 named the columns left/right and kept the
-verdict in screen terms; v2 names them A/B and maps every v1 verdict to the column it meant.
+verdict in screen terms; v2 names them A/B and maps every v1 verdict to the column it meant; v3
+adds who voted (`annotator`), where each answer came from (`source_a`, `source_b`), the generated
+pair a queue vote rates (`pair_id`, '' for a chat vote) and the thumbs verdicts "up" / "down",
+which rate answer A alone (a thumbs vote keeps `answer_b` empty; KTO data).
 
 Durability: WAL with synchronous=FULL, one short transaction per vote, so a vote whose
 `record_vote` returned survives a `kill -9` of the app and a power loss alike. Every call opens
@@ -29,7 +32,9 @@ from datetime import UTC, datetime
 from studio import workspace
 
 COLUMNS = ("A", "B")  # the chat's two models, in the order the user picked them
-VERDICTS = (*COLUMNS, "tie", "both_bad")
+PAIR_VERDICTS = (*COLUMNS, "tie", "both_bad")
+THUMBS = ("up", "down")  # a single answer (column A) rated good or bad
+VERDICTS = (*PAIR_VERDICTS, *THUMBS)
 ROLES = ("system", "user", "assistant")
 BUSY_TIMEOUT_S = 30.0
 _SETUP_LOCK = threading.Lock()
@@ -48,9 +53,13 @@ class Vote:
     model_b: str
     adapter_b: str
     shown_first: str  # "A" | "B": the column whose answer the screen showed first (on the left)
-    verdict: str  # "A" | "B" (the preferred column) | "tie" | "both_bad"
+    verdict: str  # "A" | "B" (the preferred column) | "tie" | "both_bad" | "up" | "down" (A alone)
     edited: str | None
     settings: dict
+    annotator: str = ""  # the login that voted ('' when the app ran without logins)
+    source_a: str = ""  # where answer A came from, e.g. "default + runs/r1/adapter (greedy)"
+    source_b: str = ""
+    pair_id: str = ""  # "<job_id>/<prompt_id>" of a generated pair; '' for a chat vote
 
     @property
     def winner(self) -> str | None:
@@ -132,7 +141,44 @@ def _schema_v2(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('votes', ?)", (row[0],))
 
 
-MIGRATIONS = [_schema_v1, _schema_v2]  # MIGRATIONS[i] takes the schema from user_version i to i + 1
+_V3_TABLE = (
+    _V2_TABLE.replace("votes_v2", "votes_v3")
+    .replace("'tie', 'both_bad')", "'tie', 'both_bad', 'up', 'down')")
+    .replace(
+        "settings TEXT NOT NULL DEFAULT '{}'\n)",
+        "settings TEXT NOT NULL DEFAULT '{}',\n"
+        "    annotator TEXT NOT NULL DEFAULT '',\n"
+        "    source_a TEXT NOT NULL DEFAULT '',\n"
+        "    source_b TEXT NOT NULL DEFAULT '',\n"
+        "    pair_id TEXT NOT NULL DEFAULT ''\n)",
+    )
+)
+_V2_COLUMNS = (
+    "id, created_at, session_id, messages, answer_a, answer_b, model_a, adapter_a, model_b,"
+    " adapter_b, shown_first, verdict, edited, settings"
+)
+
+
+def _schema_v3(conn: sqlite3.Connection) -> None:
+    """Annotator, answer sources and pair id; thumbs verdicts. The verdict CHECK changes, so the
+    table is rebuilt as in v2, keeping ids and the id counter."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'votes'").fetchone()
+    conn.execute(_V3_TABLE)
+    conn.execute(f"INSERT INTO votes_v3 ({_V2_COLUMNS}) SELECT {_V2_COLUMNS} FROM votes ORDER BY id")
+    conn.execute("DROP TABLE votes")
+    conn.execute("ALTER TABLE votes_v3 RENAME TO votes")
+    conn.execute("CREATE INDEX votes_session ON votes (session_id)")
+    conn.execute("CREATE INDEX votes_pair ON votes (pair_id, annotator)")
+    if row is not None:
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'votes'")
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('votes', ?)", (row[0],))
+
+
+MIGRATIONS = [
+    _schema_v1,
+    _schema_v2,
+    _schema_v3,
+]  # MIGRATIONS[i] takes the schema from user_version i to i + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -235,10 +281,15 @@ def record_vote(
     edited: str | None = None,
     settings: dict | None = None,
     session_id: str = "",
+    annotator: str = "",
+    source_a: str = "",
+    source_b: str = "",
+    pair_id: str = "",
 ) -> int:
     """Store one vote durably (committed and fsynced on return) and return its id.
 
-    `verdict` names the preferred column ("A" / "B"), not a place on the screen."""
+    `verdict` names the preferred column ("A" / "B"), not a place on the screen; "up" / "down"
+    rate answer A alone."""
     if verdict not in VERDICTS:
         raise ValueError(f"vote verdict {verdict!r} must be one of {', '.join(VERDICTS)}")
     if shown_first not in COLUMNS:
@@ -264,12 +315,17 @@ def record_vote(
         verdict,
         edited,
         settings_json,
+        str(annotator),
+        str(source_a),
+        str(source_b),
+        str(pair_id),
     )
     with _connect() as conn:
         cur = conn.execute(
             "INSERT INTO votes (created_at, session_id, messages, answer_a, answer_b, model_a,"
-            " adapter_a, model_b, adapter_b, shown_first, verdict, edited, settings)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " adapter_a, model_b, adapter_b, shown_first, verdict, edited, settings,"
+            " annotator, source_a, source_b, pair_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         )  # autocommit: the INSERT is its own transaction, durable when execute returns
         return int(cur.lastrowid)
@@ -307,3 +363,17 @@ def delete_vote(vote_id: int) -> None:
 def count() -> int:
     with _connect() as conn:
         return int(conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
+
+
+def pair_votes(prefix: str) -> list[Vote]:
+    """Votes on generated pairs whose pair_id starts with `prefix` ("<job_id>/"), oldest first."""
+    return _select(
+        "SELECT * FROM votes WHERE pair_id != '' AND substr(pair_id, 1, ?) = ? ORDER BY id",
+        (len(prefix), prefix),
+    )
+
+
+def last_vote_by(annotator: str, prefix: str) -> Vote | None:
+    """The newest vote this annotator cast on pairs whose id starts with `prefix` (for undo)."""
+    votes = [v for v in pair_votes(prefix) if v.annotator == annotator]
+    return votes[-1] if votes else None

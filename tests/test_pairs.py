@@ -1,0 +1,153 @@
+"""Pair generation jobs: prompts in, pairs.jsonl out; a job killed with kill -9 resumes without a
+pair lost or written twice; the vote store's v3 schema (annotator, sources, pair id, thumbs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from studio import workspace
+from studio.prefs import generate, pairs, records, store
+from tests.conftest import ROOT
+
+CONVO = [{"role": "user", "content": "Capital of France?"}]
+
+
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "studio", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw
+    )
+
+
+def test_load_prompts_from_text_dataset_and_typed_lines(tmp_path):
+    txt = tmp_path / "p.txt"
+    txt.write_text("First?\n\n  Second?  \nFirst?\n")
+    assert generate.load_prompts(str(txt), lines=["Third?"]) == [
+        [{"role": "user", "content": "First?"}],
+        [{"role": "user", "content": "Second?"}],
+        [{"role": "user", "content": "Third?"}],
+    ]
+    alpaca = generate.load_prompts(dataset="sample:alpaca.jsonl")
+    assert len(alpaca) == 42 and all(p[-1]["role"] == "user" for p in alpaca)
+    dpo = generate.load_prompts(str(ROOT / "sample_data" / "dpo.jsonl"))
+    assert dpo and all(p[-1]["role"] == "user" for p in dpo)
+    with pytest.raises(ValueError, match="no prompts"):
+        pairs.new_job([], pairs.Source(), pairs.Source())
+
+
+def test_generate_kill_9_then_resume_loses_and_repeats_nothing(tiny_model, studio_home):
+    prompts = [f"Question number {i}: say something?" for i in range(12)]
+    (studio_home / "prompts.txt").write_text("\n".join(prompts))
+    env = {**os.environ, "STUDIO_HOME": str(studio_home)}
+    argv = [
+        sys.executable,
+        "-m",
+        "studio",
+        "pairs",
+        "generate",
+        "--prompts",
+        str(studio_home / "prompts.txt"),
+    ]
+    argv += ["--a", str(tiny_model), "--b", str(tiny_model), "--b-temperature", "0.9", "--b-seed", "7"]
+    argv += ["--max-new-tokens", "8"]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    lines = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list((studio_home / "pairs").glob("*/pairs.jsonl"))
+        lines = len(found[0].read_text().splitlines()) if found else 0
+        if lines >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, (
+        "the job ended before it could be killed: " + proc.stdout.read().decode()[-2000:]
+    )
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    [job_id] = pairs.list_jobs()
+    path = pairs.job_dir(job_id) / "pairs.jsonl"
+    before = path.read_text()
+    assert 2 <= len(before.splitlines()) < 12
+    with open(path, "a") as fh:  # a kill that cut a line short
+        fh.write('{"pair_id": "' + job_id + '/99", "answer_a": "half')
+    assert pairs.job_state(job_id) == "stopped"  # "running" with a vanished pid reads as stopped
+
+    done = _cli("pairs", "resume", job_id, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = path.read_text()
+    assert after.startswith(before)  # the pairs made before the kill are untouched
+    made = pairs.read_pairs(job_id)
+    assert len(after.splitlines()) == len(made) == 12  # no line repeated, the torn one cut away
+    assert sorted(p.prompt_id for p in made) == list(range(12))
+    assert [p.messages[0]["content"] for p in sorted(made, key=lambda p: p.prompt_id)] == prompts
+    first = made[0]
+    assert first.source_a == f"{tiny_model} (greedy)"
+    assert first.source_b == f"{tiny_model} (temperature 0.9, seed 7)"
+    assert first.settings_b == {"temperature": 0.9, "seed": 7, "max_new_tokens": 8}
+    assert pairs.read_status(job_id)["state"] == "completed" and pairs.read_status(job_id)["done"] == 12
+    listing = _cli("pairs", "list", env=env)
+    assert f"{job_id}  completed  12/12" in listing.stdout
+
+
+def test_generate_errors_are_one_line(studio_home):
+    env = {**os.environ, "STUDIO_HOME": str(studio_home)}
+    bad = _cli("pairs", "generate", "--prompts", str(studio_home / "missing.jsonl"), env=env)
+    assert bad.returncode == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    assert _cli("pairs", "resume", "no-such-job", env=env).returncode == 1
+
+
+def _v2_database() -> None:
+    conn = sqlite3.connect(workspace.db_path(), isolation_level=None)
+    for migration in store.MIGRATIONS[:2]:
+        migration(conn)
+    conn.execute(
+        "INSERT INTO votes (created_at, session_id, messages, answer_a, answer_b, model_a, adapter_a,"
+        " model_b, adapter_b, shown_first, verdict, edited, settings)"
+        " VALUES ('2026-11-01T00:00:00.000+00:00', 's1', ?, 'Paris.', 'Lyon.', 'default', '', 'default',"
+        " 'runs/r1/adapter', 'B', 'A', NULL, '{}')",
+        (json.dumps(CONVO),),
+    )
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+
+
+def test_a_v2_database_upgrades_to_v3_keeping_its_votes():
+    _v2_database()
+    [old] = store.all_votes()
+    assert (old.id, old.answer_a, old.verdict, old.shown_first, old.adapter_b) == (
+        1,
+        "Paris.",
+        "A",
+        "B",
+        "runs/r1/adapter",
+    )
+    assert (old.annotator, old.source_a, old.source_b, old.pair_id) == ("", "", "", "")
+    with sqlite3.connect(workspace.db_path()) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 3
+        assert {row[1] for row in conn.execute("PRAGMA index_list(votes)")} >= {"votes_session", "votes_pair"}
+    new = store.record_vote(
+        CONVO, "Paris.", "", "down", edited="Paris, France.", annotator="ann", source_a="x", pair_id="j/0"
+    )
+    assert new == 2
+    vote = store.all_votes()[1]
+    assert (vote.annotator, vote.source_a, vote.pair_id, vote.verdict) == ("ann", "x", "j/0", "down")
+    assert records.kto_records([vote]) == [
+        {"prompt": CONVO, "completion": [{"role": "assistant", "content": "Paris, France."}], "label": True},
+        {"prompt": CONVO, "completion": [{"role": "assistant", "content": "Paris."}], "label": False},
+    ]
+    assert records.dpo_records(store.all_votes()) == [
+        {"prompt": CONVO, "chosen": [{"role": "assistant", "content": "Paris."}],
+         "rejected": [{"role": "assistant", "content": "Lyon."}]},
+        {"prompt": CONVO, "chosen": [{"role": "assistant", "content": "Paris, France."}],
+         "rejected": [{"role": "assistant", "content": "Paris."}]},
+    ]  # fmt: skip
+    assert [v.id for v in store.pair_votes("j/")] == [2] and store.pair_votes("J/") == []
