@@ -1,6 +1,9 @@
 """Launch Tune Studio in the browser.
 
-Run as: python app.py [--host 127.0.0.1] [--port 7860] [--auth USER:PASSWORD]
+Run as: python app.py [--host 127.0.0.1] [--port 7860] [--auth USER:PASSWORD | --auth USERS_FILE]
+
+A users file gives several logins, one `user:password` a line (blank lines and `#` comments
+skipped): each annotator votes under their own name.
 
 Binds 127.0.0.1 unless told otherwise, and refuses any other address without a password
 (`--auth` or STUDIO_AUTH=user:password), because the studio can start processes and read files in
@@ -13,6 +16,7 @@ import argparse
 import ipaddress
 import os
 import sys
+from pathlib import Path
 
 
 def _is_loopback(host: str) -> bool:
@@ -24,6 +28,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def read_users(path: str) -> list[tuple[str, str]]:
+    """The logins of a users file: one `user:password` a line; blank lines and # comments skipped."""
+    logins = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep or not user.strip() or not password:
+            raise ValueError(f"{path} line {number}: write one login as user:password")
+        logins.append((user.strip(), password))
+    if not logins:
+        raise ValueError(f"{path}: no logins: write one user:password a line")
+    return logins
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Tune Studio: fine-tune language models in the browser")
     parser.add_argument("--host", default=os.environ.get("STUDIO_HOST", "127.0.0.1"))
@@ -32,11 +52,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--auth",
         default=os.environ.get("STUDIO_AUTH"),
         metavar="USER:PASSWORD",
-        help="require this login (needed for any non-loopback --host)",
+        help="require this login, or the logins of a users file (needed for any non-loopback --host)",
     )
     args = parser.parse_args(argv)
-    if args.auth and ":" not in args.auth:
-        parser.error("--auth must look like USER:PASSWORD")
+    if args.auth and os.path.isfile(args.auth):
+        try:
+            args.logins = read_users(args.auth)
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif args.auth and ":" not in args.auth:
+        parser.error("--auth must look like USER:PASSWORD, or name a users file (one user:password a line)")
+    else:
+        args.logins = [tuple(args.auth.split(":", 1))] if args.auth else None
     if not _is_loopback(args.host) and not args.auth:
         parser.error(
             f"refusing to serve on {args.host} without a password: anyone who reaches the port could "
@@ -50,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from studio.ui.app import launch
 
-    auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    launch(host=args.host, port=args.port, auth=auth)
+    launch(host=args.host, port=args.port, auth=args.logins)
     return 0
 
 

@@ -131,3 +131,23 @@ def majority(votes: list[Vote]) -> Majority:
         kept.append(next((v for v in winners if v.edited), winners[0]))
         resolved += 1
     return Majority(sorted(kept, key=lambda v: v.id), resolved, dropped)
+
+
+def by_annotator(votes: list[Vote]) -> dict[str, list[Vote]]:
+    """Votes grouped by who cast them ('' = no login), names sorted."""
+    groups: dict[str, list[Vote]] = {}
+    for vote in votes:
+        groups.setdefault(vote.annotator, []).append(vote)
+    return dict(sorted(groups.items()))
+
+
+def summary_lines(votes: list[Vote]) -> list[str]:
+    """Plain-language agreement lines for the report (the Votes tab and `votes report`)."""
+    found = agreement(votes)
+    if not found.pairs:
+        return ["agreement: no pair was rated by two or more people yet"]
+    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    return [
+        f"agreement on {found.pairs} pairs rated by several people ({', '.join(found.raters)}): "
+        f"percent {fmt(found.percent)}, Cohen's kappa {fmt(found.cohen)}, Fleiss' kappa {fmt(found.fleiss)}"
+    ]

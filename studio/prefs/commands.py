@@ -124,7 +124,10 @@ def _votes(args: argparse.Namespace) -> int:
             )
             for note in quality.notes():
                 print(f"note: {note}")
-            print(agreement_lines(store.all_votes()))
+            votes = store.all_votes()
+            counts = {name or "(no login)": len(v) for name, v in agreement.by_annotator(votes).items()}
+            print("annotators: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items())))
+            print("\n".join(agreement.summary_lines(votes)))
         elif args.votes_command == "export":
             votes = store.all_votes()
             if args.annotator is not None:
@@ -148,23 +151,3 @@ def _votes(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def agreement_lines(votes) -> str:
-    """Per-annotator counts and agreement, as the report prints them."""
-    from collections import Counter
-
-    from studio.prefs import agreement
-
-    counts = Counter(v.annotator or "(no login)" for v in votes)
-    lines = ["annotators: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))]
-    found = agreement.agreement(votes)
-    if not found.pairs:
-        lines.append("agreement: no pair was rated by two or more people yet")
-        return "\n".join(lines)
-    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    lines.append(
-        f"agreement on {found.pairs} pairs rated by several people ({', '.join(found.raters)}): "
-        f"percent {fmt(found.percent)}, Cohen's kappa {fmt(found.cohen)}, Fleiss' kappa {fmt(found.fleiss)}"
-    )
-    return "\n".join(lines)

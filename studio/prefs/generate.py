@@ -230,3 +230,10 @@ def stop(job_id: str) -> None:
             os.kill(int(pid), signal.SIGTERM)
         except ProcessLookupError:
             pairs.write_status(job_id, state="stopped", pid=None)
+
+
+def submit(prompts: list[list[dict]], source_a: Source, source_b: Source) -> Job:
+    """Create a job and start it in the background (what the Rate tab's 'Generate pairs' does)."""
+    job = pairs.new_job(prompts, source_a, source_b)
+    start(job.job_id)
+    return job

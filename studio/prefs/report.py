@@ -102,9 +102,9 @@ def _length_tally(decisive: list[Vote]) -> tuple[int, int]:
     return length_votes, longer_wins
 
 
-def quality_report() -> QualityReport:
-    """Counts and biases of the stored votes (what the Votes tab shows above the table)."""
-    votes = store.all_votes()
+def quality_report(votes: list[Vote] | None = None) -> QualityReport:
+    """Counts and biases of the stored votes, or of `votes` (e.g. one annotator's)."""
+    votes = store.all_votes() if votes is None else votes
     decisive = [v for v in votes if v.winner is not None]
     first_wins = sum(v.winner == v.shown_first for v in decisive)
     length_votes, longer_wins = _length_tally(decisive)

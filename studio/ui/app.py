@@ -11,6 +11,8 @@ from studio.ui.data_tab import build_data_tab
 from studio.ui.evaluate_tab import build_evaluate_tab, select_run
 from studio.ui.hub_tab import build_hub_tab
 from studio.ui.models_tab import build_models_tab
+from studio.ui.rate_tab import JS as RATE_KEYS
+from studio.ui.rate_tab import build_rate_tab
 from studio.ui.runs_tab import build_runs_tab
 from studio.ui.serve_tab import build_serve_tab
 from studio.ui.train_tab import build_train_tab
@@ -40,6 +42,8 @@ def build_app() -> gr.Blocks:
                 eval_run = build_evaluate_tab()
             with gr.Tab("Chat", id="chat") as chat_tab:
                 build_chat_tab(chat_tab)
+            with gr.Tab("Rate pairs", id="rate"):
+                build_rate_tab()
             with gr.Tab("Votes", id="votes") as votes_tab:
                 build_votes_tab(votes_tab)
             with gr.Tab("Hub", id="hub") as hub_tab:
@@ -54,7 +58,9 @@ def build_app() -> gr.Blocks:
     return demo
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None) -> None:
+def launch(
+    host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | list[tuple[str, str]] | None = None
+) -> None:
     runs.start_scheduler()  # queued runs start, dead ones are marked, even with no page open
     demo = build_app()
     demo.queue(default_concurrency_limit=4)
@@ -66,6 +72,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | No
         allowed_paths=[str(workspace.exports_dir())],
         blocked_paths=[str(workspace.home() / ".secrets")],
         css=CSS,
+        js=RATE_KEYS,
         footer_links=["api"] if auth else [],
         show_error=False,
     )

@@ -11,7 +11,7 @@ import pandas as pd
 
 from studio import workspace
 from studio.chat.adapters import adapter_label
-from studio.prefs import records, report, store
+from studio.prefs import agreement, records, report, store
 
 COLUMNS = ["id", "time", "preferred", "model A", "model B", "shown first", "prompt", "edited"]
 PREFERRED = {"A": "A", "B": "B", "tie": "tie", "both_bad": "both bad"}
@@ -85,6 +85,46 @@ def on_show():
     return frame, report_markdown(), gr.update(choices=vote_choices(frame), value=None)
 
 
+def annotators_markdown() -> str:
+    """Per-annotator counts and biases, and agreement on the pairs several people rated."""
+    try:
+        votes = store.all_votes()
+    except ValueError:
+        return ""
+    groups = agreement.by_annotator(votes)
+    if not votes or list(groups) == [""]:
+        return ""
+    pct = lambda x: "n/a" if x is None else f"{x:.0%}"  # noqa: E731
+    lines = ["**Annotators**", "", "| who | votes | shown-first wins | longer wins |", "|---|---|---|---|"]
+    for name, own in groups.items():
+        r = report.quality_report(own)
+        lines.append(
+            f"| {name or '(no login)'} | {r.total} | {pct(r.position_bias)} | {pct(r.length_bias)} |"
+        )
+    lines += ["", *(f"- {line}" for line in agreement.summary_lines(votes))]
+    return "\n".join(lines)
+
+
+def on_export_team(kind: str, annotator: str):
+    """Export resolved by majority (ties dropped), or one annotator's votes."""
+    votes = store.all_votes()
+    who = (annotator or "").strip()
+    if who:
+        votes = [v for v in votes if v.annotator == who]
+        note, stem = f"votes of {who}", f"votes-{who}"
+    else:
+        found = agreement.majority(votes)
+        votes = found.votes
+        note = f"majority of each pair ({found.resolved} resolved, {found.dropped_ties} tied pairs dropped)"
+        stem = "votes-majority"
+    rows = (records.dpo_records if kind == "DPO" else records.kto_records)(votes)
+    if not rows:
+        return None, f"**Nothing exported** from the {note}."
+    path = workspace.exports_dir() / f"{stem}-{kind.lower()}.jsonl"
+    records.write_jsonl(path, rows)
+    return str(path), f"Exported **{len(rows)} {kind} records**, {note}, to `{path}`"
+
+
 def on_delete(vote_id):
     if vote_id is None:
         gr.Warning("Pick the vote to delete first.")
@@ -149,8 +189,20 @@ def build_votes_tab(tab: gr.Tab | None = None) -> None:
         name = gr.Textbox(label="Save as dataset", placeholder="my-votes", elem_id="votes-name")
         save = gr.Button("Save as dataset", variant="primary")
     saved = gr.Markdown(elem_id="votes-saved")
+    team = gr.Markdown(annotators_markdown, elem_id="votes-annotators")
+    with gr.Row():
+        who = gr.Textbox(
+            label="Export one annotator",
+            info="empty: resolve each rated pair by majority",
+            elem_id="votes-annotator",
+        )
+        team_export = gr.Button("Export team votes")
+        team_file = gr.File(label="Download", interactive=False)
+    team_done = gr.Markdown(elem_id="votes-team-exported")
     if tab is not None:
         tab.select(on_show, None, [table, report, vote_id], show_progress="hidden")
+        tab.select(annotators_markdown, None, [team], show_progress="hidden")
     delete.click(on_delete, [vote_id], [table, report, vote_id])
+    team_export.click(on_export_team, [kind, who], [team_file, team_done])
     export.click(on_export, [kind], [download, exported])
     save.click(on_save, [name, kind], [saved])
