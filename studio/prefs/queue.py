@@ -158,6 +158,8 @@ class RatingQueue:
             "" if self.thumbs else pair.answer_b,
             pick if self.thumbs else shown.column(pick),
             shown_first=shown.shown_first,
+            model_a=pair.source_a,  # the Votes tab's model columns and wins per pair of models
+            model_b="" if self.thumbs else pair.source_b,
             edited=edited,
             settings={"a": pair.settings_a, "b": pair.settings_b},
             session_id=self.job_id,
