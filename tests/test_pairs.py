@@ -151,3 +151,63 @@ def test_a_v2_database_upgrades_to_v3_keeping_its_votes():
          "rejected": [{"role": "assistant", "content": "Paris."}]},
     ]  # fmt: skip
     assert [v.id for v in store.pair_votes("j/")] == [2] and store.pair_votes("J/") == []
+
+
+def test_an_openai_compatible_endpoint_answers_as_a_teacher_and_its_key_stays_off_disk(monkeypatch):
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server hook name
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers.get("Authorization"), body))
+            text = f"{body['model']} says: {body['messages'][-1]['content']}"
+            reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    monkeypatch.setenv("TEACHER_KEY", "sk-secret-123")
+    try:
+        teacher = pairs.Source(url=url, endpoint_model="big", key_env="TEACHER_KEY", temperature=0.5, seed=3)
+        other = pairs.Source(url=url, endpoint_model="small")
+        job = pairs.new_job([CONVO, [{"role": "user", "content": "Why?"}]], teacher, other)
+        assert generate.run(job.job_id) == 0
+    finally:
+        server.shutdown()
+    made = pairs.read_pairs(job.job_id)
+    assert [(p.answer_a, p.answer_b) for p in made] == [
+        ("big says: Capital of France?", "small says: Capital of France?"),
+        ("big says: Why?", "small says: Why?"),
+    ]
+    assert made[0].source_a == f"big @ {url} (temperature 0.5, seed 3)"
+    path, auth, body = seen[0]
+    assert (path, auth, body["temperature"], body["seed"]) == (
+        "/v1/chat/completions",
+        "Bearer sk-secret-123",
+        0.5,
+        3,
+    )
+    assert seen[1][1] is None  # no key named: none sent
+    folder = pairs.job_dir(job.job_id)
+    assert not any("sk-secret-123" in f.read_text() for f in folder.iterdir() if f.is_file())
+
+
+def test_an_unreachable_endpoint_fails_the_job_with_a_plain_error():
+    dead = pairs.Source(url="http://127.0.0.1:9/v1", endpoint_model="m")
+    job = pairs.new_job([CONVO], dead, dead)
+    assert generate.run(job.job_id) == 1
+    status = pairs.read_status(job.job_id)
+    assert (
+        status["state"] == "failed" and "http://127.0.0.1:9/v1/chat/completions: no answer" in status["error"]
+    )

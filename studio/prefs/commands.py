@@ -42,6 +42,7 @@ def _register_pairs(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--prompts", default="", help="a .txt file (one prompt a line) or a dataset file")
     gen.add_argument("--dataset", default="", help="a saved dataset or sample:<file>: its prompts")
     gen.add_argument("--prompt", action="append", default=[], help="a typed prompt (repeatable)")
+    gen.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     for side in ("a", "b"):
         up = side.upper()
         gen.add_argument(
@@ -86,7 +87,7 @@ def _pairs(args: argparse.Namespace) -> int:
 
     try:
         if args.pairs_command == "generate":
-            prompts = generate.load_prompts(args.prompts, args.dataset, args.prompt)
+            prompts = generate.load_prompts(args.prompts, args.dataset, args.prompt)[: args.limit]
             job = pairs.new_job(prompts, _source(args, "a"), _source(args, "b"))
             print(f"job {job.job_id}: {len(prompts)} prompts -> {pairs.job_dir(job.job_id)}", flush=True)
             if args.background:

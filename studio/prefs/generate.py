@@ -168,12 +168,20 @@ def run(job_id: str) -> int:
     job = pairs.load_job(job_id)
     pairs.repair(job_id)
     done = {p.prompt_id for p in pairs.read_pairs(job_id)}
-    todo = [p for p in job.prompts if p["id"] not in done]
     pairs.write_status(
         job_id, state="running", pid=os.getpid(), done=len(done), total=len(job.prompts), error=""
     )
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    stopping: list[bool] = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    try:
+        return _generate(job, done, stopping)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _generate(job: Job, done: set[int], stopping: list[bool]) -> int:
+    job_id = job.job_id
+    todo = [p for p in job.prompts if p["id"] not in done]
     try:
         answerer = Answerer(job)
         for prompt in todo:
