@@ -57,7 +57,7 @@ def _settled(page) -> str:
 
 def _next(page) -> str:
     page.locator("#rate-next").click()
-    expect(page.locator("#rate-prompt")).to_contain_text(re.compile("Prompt number|Nothing left"))
+    expect(page.locator("#rate-prompt")).to_contain_text(re.compile("Prompt:|Nothing left"))
     return _settled(page)
 
 
@@ -136,3 +136,34 @@ def test_votes_tab_shows_annotators_and_agreement(app, page, studio_home):
     page.get_by_role("button", name="Export team votes").click()
     expect(page.locator("#votes-team-exported")).to_contain_text("2 resolved, 1 tied pairs dropped")
     screenshot(page, "votes-team")
+
+
+def test_make_pairs_in_the_browser_runs_a_background_job(app, page, tiny_model):
+    server = app()
+    page.goto(server.url)
+    page.get_by_role("tab", name="Rate pairs", exact=True).click()
+    page.get_by_text("Make pairs: two answers for every prompt").click()
+    page.locator("#rate-lines textarea").fill("What is two plus two?\nName a colour.")
+    page.locator("#rate-model-a textarea, #rate-model-a input").first.fill(str(tiny_model))
+    page.locator("#rate-model-b textarea, #rate-model-b input").first.fill(str(tiny_model))
+    page.get_by_role("button", name="Generate pairs", exact=True).click()
+    status = page.locator("#rate-job-status")
+    expect(status).to_contain_text("of 2")
+    deadline = time.monotonic() + 240
+    while "2 of 2 pairs made — all pairs made" not in status.inner_text():
+        assert time.monotonic() < deadline, status.inner_text()
+        page.get_by_role("button", name="Refresh", exact=True).first.click()
+        time.sleep(2)
+    [job_id] = pairs.list_jobs()
+    assert sorted(p.prompt_id for p in pairs.read_pairs(job_id)) == [0, 1]
+    page.locator("#rate-name textarea, #rate-name input").first.fill("solo")
+    shown = _next(page)
+    assert shown.startswith("Prompt:")
+    page.locator("#rate-edit-1").click()
+    first = page.locator("#rate-answer-1 textarea").input_value()
+    expect(page.locator("#rate-edit textarea")).to_have_value(first)
+    page.locator("#rate-edit textarea").fill("Four.")
+    page.locator("#rate-tie").click()
+    expect(page.locator("#rate-progress")).to_contain_text("you rated 1")
+    [vote] = store.pair_votes(job_id + "/")
+    assert (vote.annotator, vote.verdict, vote.edited) == ("solo", "tie", "Four.")

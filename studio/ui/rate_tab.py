@@ -215,6 +215,9 @@ def build_rate_tab() -> None:
         elem_id="rate-edit",
     )
     with gr.Row():
+        copy_first = gr.Button("Edit answer 1", size="sm", elem_id="rate-edit-1")
+        copy_second = gr.Button("Edit answer 2", size="sm", elem_id="rate-edit-2")
+    with gr.Row():
         buttons = {
             "first": gr.Button("1 is better / good  [1]", elem_id="rate-first"),
             "second": gr.Button("2 is better / bad  [2]", elem_id="rate-second"),
@@ -233,5 +236,7 @@ def build_rate_tab() -> None:
     start.click(on_next, queue_inputs, screen)
     for pick, button in buttons.items():
         button.click(_voter(pick), [*queue_inputs, edited], screen, concurrency_limit=None)
+    copy_first.click(lambda text: text, [first], [edited])
+    copy_second.click(lambda text: text, [second], [edited])
     skip.click(on_skip, queue_inputs, screen)
     undo.click(on_undo, queue_inputs, screen)
