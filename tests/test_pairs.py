@@ -153,16 +153,16 @@ def test_a_v2_database_upgrades_to_v3_keeping_its_votes():
     assert [v.id for v in store.pair_votes("j/")] == [2] and store.pair_votes("J/") == []
 
 
-def test_an_openai_compatible_endpoint_answers_as_a_teacher_and_its_key_stays_off_disk(monkeypatch):
+def _teacher_server(seen: list, delay: float = 0.0):
+    """A stand-in OpenAI-compatible server on 127.0.0.1 answering '<model> says: <prompt>'."""
     import http.server
     import threading
-
-    seen = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - the http.server hook name
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append((self.path, self.headers.get("Authorization"), body))
+            time.sleep(delay)
             text = f"{body['model']} says: {body['messages'][-1]['content']}"
             reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
             self.send_response(200)
@@ -176,7 +176,12 @@ def test_an_openai_compatible_endpoint_answers_as_a_teacher_and_its_key_stays_of
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/v1"
+    return server, f"http://127.0.0.1:{server.server_port}/v1"
+
+
+def test_an_openai_compatible_endpoint_answers_as_a_teacher_and_its_key_stays_off_disk(monkeypatch):
+    seen = []
+    server, url = _teacher_server(seen)
     monkeypatch.setenv("TEACHER_KEY", "sk-secret-123")
     try:
         teacher = pairs.Source(url=url, endpoint_model="big", key_env="TEACHER_KEY", temperature=0.5, seed=3)
@@ -211,3 +216,30 @@ def test_an_unreachable_endpoint_fails_the_job_with_a_plain_error():
     assert (
         status["state"] == "failed" and "http://127.0.0.1:9/v1/chat/completions: no answer" in status["error"]
     )
+
+
+def test_stop_then_resume_a_background_job(studio_home):
+    seen = []
+    server, url = _teacher_server(seen, delay=0.4)
+    try:
+        source = pairs.Source(url=url, endpoint_model="t")
+        job = generate.submit([[{"role": "user", "content": f"Q{i}?"}] for i in range(12)], source, source)
+        deadline = time.monotonic() + 60
+        while len(pairs.read_pairs(job.job_id)) < 2:
+            assert time.monotonic() < deadline, pairs.log_path(job.job_id).read_text()
+            time.sleep(0.05)
+        generate.stop(job.job_id)
+        while pairs.job_state(job.job_id) != "stopped":
+            assert time.monotonic() < deadline, pairs.read_status(job.job_id)
+            time.sleep(0.05)
+        stopped_at = len(pairs.read_pairs(job.job_id))
+        assert 2 <= stopped_at < 12
+        generate.start(job.job_id)  # what the Rate tab's Resume does
+        while pairs.job_state(job.job_id) != "completed":
+            assert time.monotonic() < deadline, pairs.read_status(job.job_id)
+            time.sleep(0.1)
+    finally:
+        server.shutdown()
+    made = pairs.read_pairs(job.job_id)
+    assert sorted(p.prompt_id for p in made) == list(range(12))
+    assert len(seen) == 24  # two answers per prompt, none asked twice
