@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "studio.prefs": 3,
     "studio.chat.session": 4,
     "studio.prefs.records": 4,
+    "studio.prefs.generate": 4,  # asks teacher endpoints through studio.serve.client
     "studio.prefs.report": 4,
     "studio.train.run": 4,
     "studio.train.runs": 4,

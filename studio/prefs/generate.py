@@ -8,8 +8,8 @@ Its own process, like a training run: the app starts it in its own session (`sta
 stops it after the pair in flight (state "stopped"), and `resume` (or the same command again)
 continues with the prompts not yet done. Sources on the same base model are decoded on one chat
 engine; when both sides share sampling settings a prompt's two answers go through one batched
-forward pass per step (`ChatEngine.stream_pair`). An endpoint source calls an OpenAI-compatible
-/chat/completions. Knows nothing about the vote store or the UI.
+forward pass per step (`ChatEngine.stream_pair`). An endpoint source is asked through
+studio.serve.client (any OpenAI-compatible /chat/completions). Knows nothing about the vote store or the UI.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,29 +79,20 @@ def _gen_settings(source: Source):
     ).check()
 
 
-def ask_endpoint(source: Source, messages: list[dict], timeout: float = 300.0) -> str:
-    """One answer from an OpenAI-compatible endpoint (POST {url}/chat/completions)."""
-    body = {
-        "model": source.endpoint_model,
-        "messages": messages,
-        "temperature": source.temperature,
-        "seed": source.seed,
-        "max_tokens": source.max_new_tokens,
-    }
-    headers = {"Content-Type": "application/json"}
+def ask_endpoint(source: Source, messages: list[dict]) -> str:
+    """One answer from an OpenAI-compatible endpoint; the key is read from the named variable."""
+    from studio.serve import client
+
     key = os.environ.get(source.key_env, "") if source.key_env else ""
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    url = source.url.rstrip("/") + "/chat/completions"
-    request = urllib.request.Request(url, json.dumps(body).encode(), headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            reply = json.loads(response.read())
-        return str(reply["choices"][0]["message"]["content"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-        raise ValueError(
-            f"endpoint {url}: no answer ({exc}): check the URL, the model name and the key"
-        ) from exc
+    return client.complete(
+        source.url,
+        key or None,
+        source.endpoint_model,
+        messages,
+        temperature=source.temperature,
+        seed=source.seed,
+        max_tokens=source.max_new_tokens,
+    )
 
 
 class Answerer:
