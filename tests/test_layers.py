@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "studio.train.tokenized": 3,
     "studio.train.tune": 3,
     "studio.chat.adapters": 2,
+    "studio.chat.decoding": 2,
     "studio.chat": 3,
     "studio.prefs": 3,
     "studio.chat.session": 4,

@@ -243,6 +243,17 @@ def on_hub_tick(dataset_id, config, split, method, model, template_choice, max_l
     )
 
 
+def _wire_browsing(path, index, prev_btn, next_btn, preview, settings) -> None:
+    """Previous / next / a typed record number re-render the preview of that record."""
+    index.submit(on_browse, [path, index, *settings], preview)
+    prev_btn.click(lambda i: max(int(i or 0) - 1, 0), [index], [index]).then(
+        on_browse, [path, index, *settings], preview
+    )
+    next_btn.click(lambda i: int(i or 0) + 1, [index], [index]).then(
+        on_browse, [path, index, *settings], preview
+    )
+
+
 def build_data_tab() -> None:
     path = gr.State(None)
     with gr.Row():
@@ -320,30 +331,16 @@ def build_data_tab() -> None:
     outputs = [path, report_md, problems, index, preview, plot, stats_md]
     check_btn.click(on_check, [upload, choice, *settings], outputs)
     upload.upload(on_check, [upload, choice, *settings], outputs)
-    index.submit(on_browse, [path, index, *settings], preview)
-    prev_btn.click(lambda i: max(int(i or 0) - 1, 0), [index], [index]).then(
-        on_browse, [path, index, *settings], preview
-    )
-    next_btn.click(lambda i: int(i or 0) + 1, [index], [index]).then(
-        on_browse, [path, index, *settings], preview
-    )
+    _wire_browsing(path, index, prev_btn, next_btn, preview, settings)
     save_btn.click(on_save, [path, name, method], [choice, saved_md])
     model.focus(lambda: gr.update(choices=models.local_specs()), None, model)
     find_model.click(None, js=common.OPEN_MODELS_TAB)
     gr.on([hub_search.click, hub_query.submit], on_hub_search, hub_query, [hub_found, hub_note])
     hub_found.input(lambda found: found, hub_found, hub_id)
+    where = [hub_id, hub_config, hub_split]
     gr.on(
         [hub_look.click, hub_id.submit], on_hub_look, hub_id, [hub_config, hub_split, hub_preview, hub_note]
     )
-    gr.on(
-        [hub_config.input, hub_split.input],
-        on_hub_split,
-        [hub_id, hub_config, hub_split],
-        [hub_split, hub_preview, hub_note],
-    )
-    hub_pull.click(on_hub_pull, [hub_id, hub_config, hub_split, hub_rows, hub_take], [hub_note, hub_timer])
-    hub_timer.tick(
-        on_hub_tick,
-        [hub_id, hub_config, hub_split, *settings],
-        [hub_note, hub_timer, *outputs],
-    )
+    gr.on([hub_config.input, hub_split.input], on_hub_split, where, [hub_split, hub_preview, hub_note])
+    hub_pull.click(on_hub_pull, [*where, hub_rows, hub_take], [hub_note, hub_timer])
+    hub_timer.tick(on_hub_tick, [*where, *settings], [hub_note, hub_timer, *outputs])
