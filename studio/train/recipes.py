@@ -248,22 +248,12 @@ def fields_help() -> str:
 
 
 # names people bring from PEFT / TRL / other tools, mapped to this recipe's
-_ALIASES = {
-    "rank": "r",
-    "lora_r": "r",
-    "lora_alpha": "alpha",
-    "lora_dropout": "dropout",
-    "target_modules": "targets",
-    "lr": "learning_rate",
-    "num_train_epochs": "epochs",
-    "gradient_accumulation_steps": "grad_accum",
-    "per_device_train_batch_size": "batch_size",
-    "lr_scheduler_type": "scheduler",
-    "warmup": "warmup_ratio",
-    "max_seq_length": "max_length",
-    "neftune_noise_alpha": "neftune_alpha",
-    "template": "chat_template",
-}
+_ALIASES = dict(  # names from PEFT, TRL and other tools -> this recipe's
+    rank="r", lora_r="r", lora_alpha="alpha", lora_dropout="dropout", target_modules="targets",
+    lr="learning_rate", num_train_epochs="epochs", gradient_accumulation_steps="grad_accum",
+    per_device_train_batch_size="batch_size", lr_scheduler_type="scheduler", warmup="warmup_ratio",
+    max_seq_length="max_length", neftune_noise_alpha="neftune_alpha", template="chat_template",
+)  # fmt: skip
 
 
 def _suggest(key: str, valid: list[str]) -> str:
