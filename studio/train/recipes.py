@@ -248,7 +248,7 @@ def fields_help() -> str:
 
 
 # names people bring from PEFT / TRL / other tools, mapped to this recipe's
-_ALIASES = dict(  # names from PEFT, TRL and other tools -> this recipe's
+_ALIASES = dict(
     rank="r", lora_r="r", lora_alpha="alpha", lora_dropout="dropout", target_modules="targets",
     lr="learning_rate", num_train_epochs="epochs", gradient_accumulation_steps="grad_accum",
     per_device_train_batch_size="batch_size", lr_scheduler_type="scheduler", warmup="warmup_ratio",
