@@ -89,6 +89,36 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def damage(run_dir: Path) -> list[str]:
+    """What makes the folder's JSON/YAML records unreadable (they are written atomically, so this is
+    damage, not a run in progress), one message each naming the file, the line and the fix."""
+    import yaml
+
+    found = []
+    for name in (STATUS, LAUNCH, PROBES, RECIPE):
+        path = Path(run_dir) / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            found.append(f"{path}: cannot be read ({exc}) — the run folder is damaged")
+            continue
+        try:
+            data = yaml.safe_load(text) if name == RECIPE else json.loads(text)
+        except json.JSONDecodeError as exc:
+            found.append(f"{path} line {exc.lineno}: not valid JSON ({exc.msg}) — the run folder is damaged")
+            continue
+        except yaml.YAMLError as exc:
+            found.append(f"{path}: not valid YAML ({exc}) — the run folder is damaged")
+            continue
+        if not isinstance(data, dict):
+            found.append(
+                f"{path}: expected a mapping, found {type(data).__name__} — the run folder is damaged"
+            )
+    return found
+
+
 def read_status(run_dir: Path) -> dict:
     """status.json: state, pid, started_at, ended_at, exit_code, error, step, max_steps, ..."""
     return _read_json(Path(run_dir) / STATUS)

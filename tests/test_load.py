@@ -89,5 +89,5 @@ def test_a_million_rows_are_checked_in_bounded_memory(tmp_path):
     code, peak_kb = res.stdout.strip().splitlines()[-1].split()
     assert "1000001 rows read, 1000000 usable, 1 error" in res.stdout, res.stdout + res.stderr
     assert "million.jsonl line 1000001: malformed JSON" in res.stdout
-    assert code == "0"
+    assert code == "1"  # one broken row: a script can tell (`--allow-errors` would exit 0)
     assert int(peak_kb) < 250 * 1024, f"peak RSS {int(peak_kb) / 1024:.0f} MB for a 1M-row check"

@@ -67,6 +67,9 @@ class RunFolder:
 def load_run(run: str | Path) -> RunFolder:
     """Read recipe, status, metrics and probes of a run; tolerant of missing optional parts."""
     path = rundir.find(run)
+    damaged = rundir.damage(path)
+    if damaged:
+        raise ValueError(damaged[0])
     return RunFolder(
         path=path,
         recipe=rundir.read_recipe(path),
