@@ -85,7 +85,8 @@ def _alive(status: dict) -> bool:
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
         created = status.get("pid_created")
-        return created is None or abs(proc.create_time() - float(created)) < 1.0
+        # a reused pid would have started much later; a few seconds absorb a stepped wall clock
+        return created is None or abs(proc.create_time() - float(created)) < 5.0
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return False
 
