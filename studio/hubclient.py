@@ -184,6 +184,22 @@ class Progress:
         return text
 
 
+def progress_printer(every_s: float = 2.0):
+    """A progress callback for the command line: one line per state change, and while
+    downloading at most one line every `every_s` seconds."""
+    import time
+
+    last = [0.0]
+
+    def show(progress: Progress) -> None:
+        if progress.state == "downloading" and time.monotonic() - last[0] < every_s:
+            return
+        last[0] = time.monotonic()
+        print(f"{progress.state}: {progress.line()}", flush=True)
+
+    return show
+
+
 def human_bytes(n: float) -> str:
     """
     >>> human_bytes(1536)

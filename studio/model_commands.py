@@ -75,17 +75,10 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    import time
 
-    from studio import hubmodels
+    from studio import hubclient, hubmodels
 
-    last = [0.0]
-
-    def show(progress) -> None:
-        if progress.state == "downloading" and time.monotonic() - last[0] < 2:
-            return
-        last[0] = time.monotonic()
-        print(f"{progress.state}: {progress.line()}", flush=True)
+    show = hubclient.progress_printer()
 
     try:
         folder = hubmodels.pull(args.repo_id, show)

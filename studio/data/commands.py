@@ -84,17 +84,11 @@ def _save(args: argparse.Namespace) -> int:
 
 def _pull(args: argparse.Namespace) -> int:
     import sys
-    import time
 
+    from studio import hubclient
     from studio.data import check, hub, store
 
-    last = [0.0]
-
-    def show(progress) -> None:
-        if progress.state == "downloading" and time.monotonic() - last[0] < 2:
-            return
-        last[0] = time.monotonic()
-        print(f"{progress.state}: {progress.line()}", flush=True)
+    show = hubclient.progress_printer()
 
     try:
         path, kept = hub.pull(
