@@ -15,6 +15,7 @@ STUDIO = Path(__file__).resolve().parent.parent / "studio"
 # Lowest first. A module's layer is that of its longest matching prefix.
 LAYERS: dict[str, int] = {
     "studio.workspace": 0,
+    "studio.processes": 0,
     "studio.rundir": 1,
     "studio.models": 1,
     "studio.data": 1,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from studio import processes
 from studio.evaluate import evaldir
 
 JUDGE_KEY_ENV = "STUDIO_JUDGE_KEY"
@@ -67,9 +68,8 @@ def _spawn(run_dir: Path, eval_id: str, key: str) -> None:
             cwd=ROOT,
         )
     _children[proc.pid] = proc
-    created = psutil.Process(proc.pid).create_time()
     # the child records the same identity once running (it is this very process)
-    evaldir.write_status(path, pid=proc.pid, pid_created=created)
+    evaldir.write_status(path, **processes.identity(proc.pid))
 
 
 def _alive(status: dict) -> bool:
@@ -80,15 +80,7 @@ def _alive(status: dict) -> bool:
     if child is not None and child.poll() is not None:
         _children.pop(int(pid), None)
         return False
-    try:
-        proc = psutil.Process(int(pid))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        created = status.get("pid_created")
-        # a reused pid would have started much later; a few seconds absorb a stepped wall clock
-        return created is None or abs(proc.create_time() - float(created)) < 5.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return False
+    return processes.is_alive(status)
 
 
 def state(run_dir: Path, eval_id: str) -> str:

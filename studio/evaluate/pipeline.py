@@ -18,6 +18,7 @@ from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 
+from studio import processes
 from studio.evaluate import evaldir, evalset, judge, report, stats
 
 GENERAL_TEXT = "general_text.txt"
@@ -216,8 +217,6 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 def run(run_dir: Path, eval_id: str, key: str = "", stop: threading.Event | None = None) -> dict:
     """Run (or continue) the evaluation `eval_id` of `run_dir`; returns its summary."""
-    import psutil
-
     from studio.chat.engine import ChatEngine
 
     run_dir = Path(run_dir)
@@ -225,9 +224,8 @@ def run(run_dir: Path, eval_id: str, key: str = "", stop: threading.Event | None
     config = evaldir.read_config(path).check()
     stop = stop or threading.Event()
     _stop_on_signals(stop)
-    me = psutil.Process(os.getpid())
     evaldir.write_status(
-        path, state="running", pid=me.pid, pid_created=me.create_time(), started_at=_now(), error=None
+        path, state="running", **processes.identity(os.getpid()), started_at=_now(), error=None
     )
     try:
         items = _items(path, run_dir, config)

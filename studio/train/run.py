@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transformers import PrinterCallback
 
-from studio import models, rundir, workspace
+from studio import models, processes, rundir, workspace
 from studio.train import callbacks, memory, preflight, recipes, setup, tokenized
 from studio.train.recipes import Recipe
 
@@ -347,7 +347,7 @@ def main(
         rundir.update_status(
             folder,
             state="running",
-            pid=os.getpid(),
+            **processes.identity(os.getpid()),
             started_at=_now(),
             ended_at=None,
             exit_code=None,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from studio import rundir, workspace
+from studio import processes, rundir, workspace
 
 ACTIVE = ("running", "stopping")
 STOP_GRACE_S = 60.0  # a CPU checkpoint of a small model takes seconds; big models need longer
@@ -74,6 +74,17 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _ticket() -> str:
+    """queued_at: fine enough that two runs queued within one second keep their order."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def queue_order(infos: list[RunInfo]) -> list[RunInfo]:
+    """The queued runs, first to start first: by when they were queued, then by run id."""
+    queued = [i for i in infos if i.state == "queued"]
+    return sorted(queued, key=lambda i: (str(i.status.get("queued_at", "")), i.run_id))
+
+
 def train_command(
     recipe: str, sets: list[str], run_dir: Path, num_processes: int = 1, resume: bool = False
 ) -> list[str]:
@@ -111,7 +122,7 @@ def submit(recipe: str, sets: list[str], method: str, num_processes: int = 1) ->
         "created_at": _now(),
     }
     rundir.write_launch(run_dir, launch)
-    rundir.write_status(run_dir, {"state": "queued", "queued_at": _now()})
+    rundir.write_status(run_dir, {"state": "queued", "queued_at": _ticket()})
     return run_id
 
 
@@ -154,15 +165,7 @@ def _alive(info: RunInfo) -> bool:
     child = _procs.get(str(pid))
     if child is not None and child.poll() is not None:
         return False
-    try:
-        proc = psutil.Process(int(pid))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        created = owner.get("pid_created")
-        # a reused pid would have started much later; a few seconds absorb a stepped wall clock
-        return created is None or abs(proc.create_time() - float(created)) < 5.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return False
+    return processes.is_alive(owner)
 
 
 def _death_reason(info: RunInfo) -> str:
@@ -217,10 +220,7 @@ def schedule(max_running: int = 1) -> None:
                     running += 1
                 else:
                     _mark_dead(info)
-        queued = sorted(
-            (i for i in infos if i.state == "queued"), key=lambda i: i.status.get("queued_at", "")
-        )
-        for info in queued[: max(max_running - running, 0)]:
+        for info in queue_order(infos)[: max(max_running - running, 0)]:
             _spawn(info)
 
 
@@ -238,9 +238,9 @@ def _spawn(info: RunInfo) -> None:
     rundir.write_status(info.path, status)
     log = open(rundir.log_path(info.path), "ab")  # noqa: SIM115 - the child owns it from here
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    processes = int(launch.get("num_processes", 1))
-    if processes > 1 and "OMP_NUM_THREADS" not in env:  # ranks on one machine share its cores
-        env["OMP_NUM_THREADS"] = str(max((os.cpu_count() or processes) // processes, 1))
+    ranks = int(launch.get("num_processes", 1))
+    if ranks > 1 and "OMP_NUM_THREADS" not in env:  # ranks on one machine share its cores
+        env["OMP_NUM_THREADS"] = str(max((os.cpu_count() or ranks) // ranks, 1))
     proc = subprocess.Popen(
         argv,
         stdout=log,
@@ -252,9 +252,8 @@ def _spawn(info: RunInfo) -> None:
     )
     log.close()
     _procs[str(proc.pid)] = proc
-    created = psutil.Process(proc.pid).create_time()
     # launch.json holds the process identity; the trainer owns status.json from here.
-    identity = {"argv": argv, "pid": proc.pid, "pgid": proc.pid, "pid_created": created}
+    identity = {"argv": argv, "pgid": proc.pid, **processes.identity(proc.pid)}
     rundir.write_launch(info.path, {**launch, **identity})
 
 
@@ -314,7 +313,7 @@ def resume(run_id: str) -> None:
         raise ValueError(f"run {run_id} is {info.state}: only a stopped or failed run can be resumed")
     # With no complete checkpoint the trainer starts again from step 0 in the same folder.
     rundir.write_launch(info.path, {**info.launch, "resume": True})
-    status = {**info.status, "state": "queued", "queued_at": _now(), "ended_at": None, "error": None}
+    status = {**info.status, "state": "queued", "queued_at": _ticket(), "ended_at": None, "error": None}
     rundir.write_status(info.path, status)
 
 
