@@ -251,3 +251,27 @@ def test_two_raters_get_cohen_kappa():
     stats = agreement.agreement(store.all_votes())
     assert stats.cohen == pytest.approx(0.5) and stats.percent == pytest.approx(0.75)
     assert stats.fleiss == pytest.approx(agreement.fleiss_kappa([[2, 0], [2, 0], [0, 2], [1, 1]]))
+
+
+def test_queue_votes_count_in_an_evaluation_of_the_same_two_models(tmp_path):
+    """A pair rated in the queue records the adapters it came from, as a chat vote does, so the
+    evaluation of base vs that adapter counts it; a thumbs vote rates one answer and does not."""
+    from studio.evaluate import human
+
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    prompts = [[{"role": "user", "content": f"Question {i}?"}] for i in range(2)]
+    job = pairs.new_job(prompts, Source(model="m", adapter=str(run)), Source(model="m"))
+    for p in job.prompts:
+        i = p["id"]
+        pair = Pair(pairs.pair_id(job.job_id, i), i, p["messages"], f"tuned {i}", f"base {i}", "A", "B")
+        pairs.append_pair(job.job_id, pair)
+    q = queue.RatingQueue(job.job_id, "alice")
+    shown = q.next()
+    q.vote(pick_for(shown, "A"))  # the adapter's answer wins
+    thumbs = queue.RatingQueue(job.job_id, "alice", thumbs=True)
+    thumbs.next()
+    thumbs.vote("up")
+    found = human.verdicts(human.side_key("base", run), human.side_key("adapter", run))
+    assert [(v.prompt, v.outcome) for v in found] == [(shown.pair.messages[0]["content"], "B")]

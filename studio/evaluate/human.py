@@ -1,7 +1,8 @@
 """Human verdicts for an evaluation: the blind A/B chat votes cast on the same two models.
 
-A vote counts when its two chat columns held exactly the evaluation's two models (in either
-column order: the chat's column A need not be the evaluation's A). Its winner becomes "A", "B" or "tie" (a tie or "both bad" vote); its prompt is the
+A vote counts when its two columns held exactly the evaluation's two models (in either column
+order: the chat's column A need not be the evaluation's A), whether it was cast in the A/B chat or
+on a generated pair in the rating queue; a thumbs vote rates one answer alone and does not count. Its winner becomes "A", "B" or "tie" (a tie or "both bad" vote); its prompt is the
 last user message, which is how it is matched to the judge's verdict on the same prompt. Reads
 the preference store through its public functions only. Knows nothing about the UI.
 """
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.prefs import store as prefs
+
+PAIRWISE = ("A", "B", "tie", "both_bad")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,12 @@ def side_key(side: str, run_dir: Path) -> str:
 
 
 def _adapter_key(value: str) -> str:
-    return str(Path(value).expanduser().resolve()) if value else ""
+    if not value:
+        return ""
+    folder = Path(value).expanduser()
+    if (folder / "adapter" / "adapter_config.json").is_file():  # a run folder: its adapter
+        folder = folder / "adapter"
+    return str(folder.resolve())
 
 
 def _last_user(messages: list[dict]) -> str:
@@ -52,6 +60,8 @@ def verdicts(key_a: str, key_b: str, votes: list[prefs.Vote] | None = None) -> l
     votes = prefs.all_votes() if votes is None else votes
     out = []
     for vote in votes:
+        if vote.verdict not in PAIRWISE:  # a thumbs vote rates one answer alone
+            continue
         columns, winner = _columns(vote)
         if set(columns) != {key_a, key_b} or columns[0] == columns[1]:
             continue

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from studio.prefs import pairs, store
 from studio.prefs.pairs import Pair
@@ -70,6 +71,11 @@ class Progress:
 
     def __str__(self) -> str:
         return f"{self.done} of {self.total} pairs done · you rated {self.mine}"
+
+
+def _adapter(source: pairs.Source) -> str:
+    """The adapter folder a studio-model source answered with ('' for a base model or an endpoint)."""
+    return "" if source.url or not source.adapter else str(Path(source.adapter).expanduser().resolve())
 
 
 class RatingQueue:
@@ -152,6 +158,7 @@ class RatingQueue:
         if pick not in allowed:
             raise ValueError(f"vote {pick!r}: choose one of {', '.join(allowed)}")
         pair = shown.pair
+        job = pairs.load_job(self.job_id)
         vote_id = store.record_vote(
             pair.messages,
             pair.answer_a,
@@ -160,6 +167,10 @@ class RatingQueue:
             shown_first=shown.shown_first,
             model_a=pair.source_a,  # the Votes tab's model columns and wins per pair of models
             model_b="" if self.thumbs else pair.source_b,
+            # the adapters, as a chat vote records them, so an evaluation of the same two models
+            # counts these votes in its human win rate
+            adapter_a=_adapter(job.source_a),
+            adapter_b="" if self.thumbs else _adapter(job.source_b),
             edited=edited,
             settings={"a": pair.settings_a, "b": pair.settings_b},
             session_id=self.job_id,
