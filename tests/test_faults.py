@@ -64,8 +64,13 @@ def test_kill_9_at_random_steps_then_resume_loses_at_most_one_interval(tiny_mode
         reached = max(rundir.read_metrics(workspace.run_path(run_id))[-1].get("step", 0), target)
         checkpoint = rundir.last_complete_checkpoint(workspace.run_path(run_id))
         assert checkpoint is not None and checkpoint.step >= reached - SAVE_STEPS, (reached, checkpoint)
+        partial = workspace.run_path(run_id) / "checkpoints" / "checkpoint-999"
+        partial.mkdir()  # what a kill in the middle of a save leaves: no trainer_state.json
+        (partial / "adapter_model.safetensors").write_bytes(b"half")
         runs.resume(run_id)
     info = _wait(run_id, ("completed",), timeout=240)
+    assert not partial.exists()
+    assert "ignoring the half-written checkpoint-999" in rundir.log_tail(info.path, 400)
     assert info.status["step"] == total
     steps = _metric_steps(run_id)
     assert steps == sorted(set(steps)), "metrics.jsonl must parse and never repeat a step after resume"
@@ -200,8 +205,6 @@ def test_two_launches_at_the_same_instant_queue_never_both_running(tiny_model, s
                 break
             time.sleep(0.1)
         assert states == ["completed", "completed"], [rundir.log_tail(workspace.run_path(i)) for i in ids]
-        assert most == 1, "two runs were active at once"
-        first, second = sorted((runs.get(i) for i in ids), key=lambda r: r.status["started_at"])
-        assert second.status["started_at"] >= first.status["ended_at"]
+        assert most == 1, "two runs were active at once"  # (ticks, not wall-clock stamps: a clock can step)
     finally:
         app.kill()
