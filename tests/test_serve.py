@@ -153,18 +153,20 @@ def test_disconnect_frees_the_slot_and_a_full_server_answers_429(served, monkeyp
                 again = oai.chat.completions.create(model="base", messages=ASK, max_tokens=2)
                 assert again.choices[0].finish_reason in ("stop", "length")
 
-            real = served.engine.forward  # 20 ms a step: 400 tokens would take 8 s
-            slow = lambda *a, **k: (time.sleep(0.02), real(*a, **k))[1]  # noqa: E731
+            # 250 ms a step: the answer cannot be done within the client's 1 s, however early the
+            # model would stop (a sampled answer can hit its end token after a few words)
+            real = served.engine.forward
+            slow = lambda *a, **k: (time.sleep(0.25), real(*a, **k))[1]  # noqa: E731
             with monkeypatch.context() as patch:
                 patch.setattr(served.engine, "forward", slow)
-                body = {"model": "base", "messages": ASK, "max_tokens": 400}
+                body = {"model": "base", "messages": ASK, "max_tokens": 400, "temperature": 0}
                 with pytest.raises(httpx.ReadTimeout):  # a client that gives up on a whole answer
                     httpx.post(f"{url}/chat/completions", json=body, timeout=1.0)
                 gave_up = small.batcher.steps
-                deadline = time.monotonic() + 5
+                deadline = time.monotonic() + 15
                 while small.batcher.load()["decoding"] and time.monotonic() < deadline:
                     time.sleep(0.05)
-                assert small.batcher.load()["decoding"] == 0 and small.batcher.steps - gave_up < 100
+                assert small.batcher.load()["decoding"] == 0 and small.batcher.steps - gave_up < 20
     finally:
         small.batcher.close()
 
