@@ -8,6 +8,7 @@ from studio import workspace
 from studio.train import runs
 from studio.ui.chat_tab import build_chat_tab
 from studio.ui.data_tab import build_data_tab
+from studio.ui.data_view import CSS as DATA_CSS
 from studio.ui.evaluate_tab import build_evaluate_tab, select_run
 from studio.ui.hub_tab import build_hub_tab
 from studio.ui.models_tab import build_models_tab
@@ -20,10 +21,12 @@ from studio.ui.votes_tab import build_votes_tab
 
 MAX_UPLOAD = "200mb"
 
-CSS = """
-#data-preview .text.unlabeled { opacity: 0.5; }  /* masked tokens: shown, dimmed, no loss */
+CSS = (
+    """
 footer { display: none !important; }
 """
+    + DATA_CSS
+)
 
 
 def build_app() -> gr.Blocks:

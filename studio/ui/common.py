@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
 
 
 def problem_line(problem) -> str:
@@ -24,22 +20,19 @@ def problem_line(problem) -> str:
     return text
 
 
-def length_histogram(token_stats, max_length: int):
-    """Histogram of total (and prompt) lengths with the max-length cutoff drawn."""
-    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=100)
-    totals = list(token_stats.total_lengths)
-    prompts = list(getattr(token_stats, "prompt_lengths", []) or [])
-    bins = min(40, max(5, len(set(totals))))
-    if prompts:
-        ax.hist(prompts, bins=bins, alpha=0.5, label="prompt", color="#9cc3f5")
-    ax.hist(totals, bins=bins, alpha=0.7, label="total", color="#2f7a55")
-    ax.axvline(max_length, color="#c0392b", linestyle="--", label=f"max length {max_length}")
-    ax.set_xlabel("tokens per example")
-    ax.set_ylabel("examples")
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+NOTICE_MARKS = {"info": "✓", "warning": "⚠", "error": "✗"}
+
+
+def notice(message: str, level: str = "info") -> str:
+    """A status line for the Markdown next to the button that caused it.
+
+    Every tab reports the outcome of an action this way, never with gr.Info/gr.Warning toasts:
+    a toast floats over the page, covers content and stays when the user changes tab.
+
+    >>> notice("Saved", "info")
+    '✓ Saved'
+    """
+    return f"{NOTICE_MARKS[level]} {message}"
 
 
 def stats_markdown(token_stats, limit: int) -> str:
