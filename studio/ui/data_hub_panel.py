@@ -81,7 +81,7 @@ def on_hub_look(dataset_id: str):
     return (
         gr.update(choices=list(found.configs), value=config),
         gr.update(choices=splits, value=split),
-        pd.DataFrame(rows),
+        gr.update(value=pd.DataFrame(rows), visible=True),
         note,
     )
 
@@ -95,7 +95,7 @@ def on_hub_split(dataset_id: str, config: str, split: str):
     except ValueError as exc:
         return gr.update(), None, f"**Cannot read {dataset_id}.** {exc}"
     note = f"First {len(rows)} rows of {dataset_id} ({config}, {split}), read without downloading the files."
-    return gr.update(choices=splits, value=split), pd.DataFrame(rows), note
+    return gr.update(choices=splits, value=split), gr.update(value=pd.DataFrame(rows), visible=True), note
 
 
 def on_hub_pull(dataset_id, config, split, rows, take):

@@ -293,7 +293,9 @@ def _view_column() -> ViewColumn:
         combine_adjacent=True,
         visible=False,
     )
-    hub_preview = gr.Dataframe(label="Hub dataset: first rows", interactive=False, elem_id="data-hub-preview")
+    hub_preview = gr.Dataframe(
+        label="Hub dataset: first rows", interactive=False, elem_id="data-hub-preview", visible=False
+    )
     plot = gr.HTML(elem_id="data-lengths", label="Token lengths")
     stats_md = gr.Markdown()
     with gr.Row():
@@ -314,8 +316,13 @@ def build_data_tab() -> None:
     shown = [v.chat, v.system_note, v.legend, v.tokens]
     outputs = [path, v.active, v.report, v.problems, v.index, *shown, v.plot, v.stats, check_note]
     check_btn.click(on_check, [upload, choice, *settings], outputs)
-    upload.upload(lambda: None, None, choice).then(on_check, [upload, choice, *settings], outputs)
-    choice.input(lambda: None, None, upload).then(on_check, [upload, choice, *settings], outputs)
+    # a new source empties the other one (and the last save's message): one dataset is active
+    upload.upload(lambda: (None, ""), None, [choice, v.saved]).then(
+        on_check, [upload, choice, *settings], outputs
+    )
+    choice.input(lambda: (None, ""), None, [upload, v.saved]).then(
+        on_check, [upload, choice, *settings], outputs
+    )
     _wire_browsing(path, v.index, v.prev, v.next, [*shown, v.browse_note], settings)
     v.exact.change(
         lambda exact: (gr.update(visible=not exact), gr.update(visible=exact)), v.exact, [v.chat, v.tokens]

@@ -94,7 +94,7 @@ def length_histogram_svg(token_stats, max_length: int) -> str:
     prompts = list(getattr(token_stats, "prompt_lengths", []) or [])
     longest = max(totals)
     right = max(longest, max_length) if max_length <= longest * 1.1 else longest
-    bins = min(40, max(5, len(set(totals))))
+    bins = min(40, max(12, len(set(totals))))
     edges = [right * 1.02 * i / bins for i in range(bins + 1)]
     with plt.rc_context({"svg.fonttype": "none"}):  # text stays text in the page
         fig, ax = plt.subplots(figsize=(7, 2.6), dpi=100)
