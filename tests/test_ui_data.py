@@ -1,7 +1,8 @@
 """The Data tab in a real browser, walked as a user does: upload a file with a broken row (every
 problem of that row named), see which dataset is active, read a record as a chat with the system
 prompt the template injects explained, switch to the exact tokens, read the legend and the length
-histogram, save, see the save's message next to its button and not on another tab, pick a sample
+histogram, save, see the save's message next to its button and not on another tab (and a
+warning of another tab likewise), pick a sample
 of preference pairs, and see a bad file explained."""
 
 from __future__ import annotations
@@ -101,6 +102,18 @@ def test_data_tab_walk(studio_home, default_model_home, page, tmp_path, app):
     assert page.get_by_text("Saved house-style", exact=False).filter(visible=True).count() == 0
     page.get_by_role("tab", name="Data").click()
     assert saved_note.is_visible()
+
+    # app-wide: a warning from another tab's handler (gr.Warning) shows under its button, no toast
+    page.get_by_role("tab", name="Votes").click()
+    delete = page.get_by_role("button", name="Delete vote", exact=True)
+    delete.click()
+    warning = page.locator(".studio-notice.warning").filter(has_text="Pick the vote to delete first")
+    warning.wait_for()
+    below = warning.bounding_box()["y"] - delete.bounding_box()["y"]
+    assert 0 < below < 150, f"the warning is {below}px from its button"
+    assert not page.locator(".toast-body").first.is_visible()
+    page.get_by_role("tab", name="Data").click()
+    assert not warning.is_visible()
 
     # preference pairs from the picker: chosen and rejected have their own colours and legend
     page.locator("#data-choice input").click()

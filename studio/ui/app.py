@@ -6,6 +6,7 @@ import gradio as gr
 
 from studio import workspace
 from studio.train import runs
+from studio.ui import common
 from studio.ui.chat_tab import build_chat_tab
 from studio.ui.data_tab import build_data_tab
 from studio.ui.data_view import CSS as DATA_CSS
@@ -26,7 +27,9 @@ CSS = (
 footer { display: none !important; }
 """
     + DATA_CSS
+    + common.NOTICE_CSS
 )
+JS = f"() => {{ ({RATE_KEYS})(); ({common.NOTICE_JS})(); }}"
 
 
 def build_app() -> gr.Blocks:
@@ -75,7 +78,7 @@ def launch(
         allowed_paths=[str(workspace.exports_dir())],
         blocked_paths=[str(workspace.home() / ".secrets")],
         css=CSS,
-        js=RATE_KEYS,
+        js=JS,
         footer_links=["api"] if auth else [],
         show_error=False,
     )
