@@ -96,7 +96,7 @@ def default_tokenizer_dir(progress: Progress = _noop) -> Path:
         if not (target / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
-            progress(0.1, f"reading the tokenizer of the embedded {DEFAULT_NAME} (first use only, ~5 s)")
+            progress(0.1, f"reading the tokenizer of the embedded {DEFAULT_NAME} (first use only, about 10 s)")
             source = gguf_path()
             tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
             tmp = target.with_name(f".{target.name}.partial")
@@ -120,7 +120,7 @@ def _convert_gguf(source: Path, target: Path, progress: Progress) -> None:
     # quantization_config), so copy the dequantized weights into a plain model and save that.
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    progress(0.05, f"converting the embedded {DEFAULT_NAME} (first start only, ~20 s)")
+    progress(0.05, f"converting the embedded {DEFAULT_NAME} (first start only, about 30 s)")
     # parsing the GGUF's vocabulary is a quarter of the conversion: reuse a tokenizer read before
     tokenizer = AutoTokenizer.from_pretrained(str(default_tokenizer_dir()))
     loaded = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)

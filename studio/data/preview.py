@@ -23,6 +23,7 @@ class Turn:
     text: str
     kind: str | None = None  # one of KINDS when the turn carries the loss, else None
     note: str = ""  # e.g. "from the model's chat template", "cut at the max length"
+    from_template: bool = False  # written by the chat template, not found in the data
 
 
 @dataclass
@@ -40,7 +41,7 @@ def injected_system_prompt(tokenizer, template: str | None = None) -> str | None
     Renders one user turn with and without a system message and takes what the template puts
     where the system message's text would go.
     """
-    chat_template = templates._template_text(tokenizer, template)
+    chat_template = templates.template_text(tokenizer, template)
     user = {"role": "user", "content": _PROBE_USER}
     plain = templates.render([user], tokenizer, chat_template)
     with_system = templates.render(
@@ -70,7 +71,7 @@ def record_view(record: dict, kind: str, tokenizer, template: str | None, max_le
         if injected and injected in "".join(text for text, _ in view.pieces):
             view.injected_system = injected
             note = "from the model's chat template, not your data"
-            view.turns.insert(0, Turn("system", injected, None, note))
+            view.turns.insert(0, Turn("system", injected, None, note, from_template=True))
     present = {k for _, k in view.pieces if k} | {t.kind for t in view.turns if t.kind}
     view.kinds = [k for k in KINDS if k in present]
     return view

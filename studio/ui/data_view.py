@@ -44,7 +44,7 @@ def chat_html(view) -> str:
     """The record as chat bubbles; a turn that carries the loss is coloured by its kind."""
     out = []
     for turn in view.turns:
-        classes = ["turn", turn.role] + (["injected"] if turn.note.startswith("from the model") else [])
+        classes = ["turn", turn.role] + (["injected"] if turn.from_template else [])
         style = (
             f' style="background:{COLORS[turn.kind]}33;border-color:{COLORS[turn.kind]}"' if turn.kind else ""
         )
@@ -66,7 +66,7 @@ def system_note(view) -> str:
         return ""
     return (
         f'**System prompt not in your data:** "{view.injected_system}" comes from the model\'s chat '
-        "template, and the model is trained with it. To change it, give your rows a system message "
+        "template: the model reads it before every example (it carries no loss). To change it, give your rows a system message "
         '(a `system` column, or a first message with role "system"), or pick the chat template '
         "`chatml`, which adds none."
     )
