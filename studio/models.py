@@ -96,7 +96,9 @@ def default_tokenizer_dir(progress: Progress = _noop) -> Path:
         if not (target / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
-            progress(0.1, f"reading the tokenizer of the embedded {DEFAULT_NAME} (first use only, about 10 s)")
+            progress(
+                0.1, f"reading the tokenizer of the embedded {DEFAULT_NAME} (first use only, about 10 s)"
+            )
             source = gguf_path()
             tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
             tmp = target.with_name(f".{target.name}.partial")
