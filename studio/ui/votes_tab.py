@@ -140,7 +140,10 @@ def on_export(kind: str):
     path = workspace.exports_dir() / ("votes-dpo.jsonl" if kind == "DPO" else "votes-kto.jsonl")
     rows = records.export_dpo(path) if kind == "DPO" else records.export_kto(path)
     if not rows:
-        return None, "**Nothing exported.** Ties and 'both bad' without an edit make no pairs."
+        return None, (
+            "**Nothing exported.** No usable votes yet: pick the better answer, or write a better one "
+            "(ties and 'both bad' without an edit make no pairs)."
+        )
     return str(path), f"Exported **{len(rows)} {kind} records** to `{path}`"
 
 
