@@ -133,7 +133,7 @@ def on_check(upload, choice, method, model, template_choice, max_length, progres
 
 
 def check_path(path: str, source: str, method, model, template_choice, max_length, progress=None):
-    """The check outputs (CHECK_OUTPUTS order) of a file in the workspace."""
+    """The check outputs of a file in the workspace, in the order of `outputs` in build_data_tab."""
     progress = progress or (lambda *a, **k: None)
     started = time.monotonic()
     name = Path(path).name
