@@ -81,13 +81,50 @@ def default_model_dir(progress: Progress = _noop) -> Path:
     return target
 
 
+def default_tokenizer_dir(progress: Progress = _noop) -> Path:
+    """Folder holding the default model's tokenizer: the converted model's folder, or, before the
+    model is converted, a tokenizer-only folder read from the GGUF (a data check needs no weights:
+    this takes a quarter of the full conversion, which then reuses it)."""
+    model = workspace.models_dir() / DEFAULT_NAME
+    if (model / "config.json").is_file():
+        return model
+    target = workspace.models_dir() / f"{DEFAULT_NAME}.tokenizer"
+    if (target / "tokenizer_config.json").is_file():
+        return target
+    with open(workspace.models_dir() / f".{DEFAULT_NAME}.tokenizer.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            progress(
+                0.1, f"reading the tokenizer of the embedded {DEFAULT_NAME} (first use only, about 10 s)"
+            )
+            source = gguf_path()
+            tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+            tmp = target.with_name(f".{target.name}.partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tokenizer.save_pretrained(tmp)
+            tmp.rename(target)
+            progress(1.0, "tokenizer ready")
+    return target
+
+
+def default_tokenizer_ready() -> bool:
+    """Whether the default model's tokenizer loads without reading the GGUF first."""
+    folder = workspace.models_dir()
+    return (folder / DEFAULT_NAME / "config.json").is_file() or (
+        folder / f"{DEFAULT_NAME}.tokenizer" / "tokenizer_config.json"
+    ).is_file()
+
+
 def _convert_gguf(source: Path, target: Path, progress: Progress) -> None:
     # transformers loads GGUF but refuses to save the result (its config keeps a gguf
     # quantization_config), so copy the dequantized weights into a plain model and save that.
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    progress(0.05, f"converting the embedded {DEFAULT_NAME} (first start only, ~20 s)")
-    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    progress(0.05, f"converting the embedded {DEFAULT_NAME} (first start only, about 30 s)")
+    # parsing the GGUF's vocabulary is a quarter of the conversion: reuse a tokenizer read before
+    tokenizer = AutoTokenizer.from_pretrained(str(default_tokenizer_dir()))
     loaded = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
     progress(0.7, "saving as safetensors")
     config_dict = loaded.config.to_dict()
@@ -210,11 +247,18 @@ def load_config(spec: str, progress: Progress = _noop):
     return _from_pretrained(AutoConfig.from_pretrained, resolve(spec, progress), spec)
 
 
+def tokenizer_path(spec: str, progress: Progress = _noop) -> str:
+    """`resolve` for a tokenizer alone: the default model's tokenizer is ready before its weights."""
+    if (spec or DEFAULT_SPEC).strip() == DEFAULT_SPEC:
+        return str(default_tokenizer_dir(progress))
+    return resolve(spec, progress)
+
+
 def load_tokenizer(spec: str, progress: Progress = _noop):
     """The tokenizer for a spec; a pad token distinct from EOS is NOT added here (see train)."""
     from transformers import AutoTokenizer
 
-    return _from_pretrained(AutoTokenizer.from_pretrained, resolve(spec, progress), spec)
+    return _from_pretrained(AutoTokenizer.from_pretrained, tokenizer_path(spec, progress), spec)
 
 
 def load_model(spec: str, progress: Progress = _noop, **kwargs):

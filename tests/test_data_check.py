@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -78,6 +79,37 @@ def test_bad_rows_are_reported_and_good_rows_kept():
         'alpaca_bad.jsonl line 2, field "output": is missing — every example needs "output" (the answer)'
     )
     assert "42" not in report.summary() and "6 rows read, 1 usable, 4 errors, 1 warning" in report.summary()
+
+
+@pytest.mark.parametrize(
+    ("row", "fields"),
+    [
+        ({"instruction": "", "output": 3}, ["instruction", "output"]),
+        ({"instruction": "Hi", "input": 5, "output": "", "system": ["x"]}, ["input", "output", "system"]),
+        (
+            {"messages": [{"role": "robot", "content": ""}, {"role": "assistant", "content": 7}]},
+            ["messages[0].role", "messages[0].content", "messages[1].content"],
+        ),
+        (
+            {"conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": ""}]},
+            ["conversations[0].value", "conversations[1].value"],
+        ),
+        ({"prompt": "", "completion": None}, ["prompt", "completion"]),
+        ({"prompt": "Q", "chosen": "", "rejected": 4}, ["chosen", "rejected"]),
+        ({"chosen": None, "rejected": None}, ["chosen", "rejected"]),
+        ({"prompt": "", "completion": "", "label": "maybe"}, ["prompt", "completion", "label"]),
+    ],
+)
+def test_a_row_with_several_problems_lists_every_one(tmp_path, row, fields):
+    path = tmp_path / "several.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    report = check.load(path)
+    on_row = [p for p in report.problems if p.line == 1]
+    assert [p.field for p in on_row] == fields
+    assert all(p.severity == "error" and p.fix for p in on_row)
+    assert report.rows_read == 1 and report.errors == len(fields) + 1  # + "no valid rows"
+    scanned = check.scan(path)  # the CLI's chunked check lists the same problems
+    assert [(p.line, p.field) for p in scanned.problems] == [(p.line, p.field) for p in report.problems]
 
 
 def test_a_file_with_no_valid_rows_is_not_usable():

@@ -36,8 +36,15 @@ def test_default_model_answers_paris_greedy(default_model_home, monkeypatch):
 
 @pytest.mark.slow
 def test_conversion_reports_progress_and_happens_once(studio_home, default_model_home):
-    # Start from the GGUF in a fresh workspace, as a new user does.
+    # Start from the GGUF in a fresh workspace, as a new user does: a data check needs only the
+    # tokenizer, read without converting the weights; the conversion then reuses it.
     seen: list[str] = []
+    tokenizer = models.load_tokenizer("default", lambda fraction, message: seen.append(message))
+    assert tokenizer("Paris")["input_ids"] and "SmolLM" in tokenizer.chat_template
+    assert any("tokenizer" in m for m in seen) and not any("converting" in m for m in seen)
+    assert models.default_tokenizer_ready()
+    assert not (studio_home / "models" / models.DEFAULT_NAME / "config.json").exists()
+    seen.clear()
     path = models.default_model_dir(lambda fraction, message: seen.append(message))
     assert (path / "model.safetensors").is_file() and (path / "chat_template.jinja").is_file()
     assert any("converting" in m for m in seen)

@@ -1,13 +1,16 @@
 """Checks on one row's fields: text fields, message lists, role order, KTO labels, NaN.
 
 Every check raises `RowError` naming the field (in the input's own terms, e.g.
-"conversations[2].value"), what is wrong and the fix; `formats` turns it into a Problem with the
-file and line. Knows nothing about files, formats as a whole, tokenizers or the UI.
+"conversations[2].value"), what is wrong and the fix; `gather` runs a row's independent checks
+and raises `RowErrors` listing every failure, so a row with several problems names all of them.
+`formats` turns each into a Problem with the file and line. Knows nothing about files, formats as
+a whole, tokenizers or the UI.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from studio.data import chat_text
 
@@ -29,6 +32,56 @@ class RowError(ValueError):
     def __init__(self, field: str | None, message: str, fix: str):
         super().__init__(message)
         self.field, self.message, self.fix = field, message, fix
+
+    @property
+    def errors(self) -> list[RowError]:
+        return [self]
+
+
+class RowErrors(RowError):
+    """Several independent problems of one row (the first one doubles as the message)."""
+
+    def __init__(self, errors: list[RowError]):
+        first = errors[0]
+        super().__init__(first.field, first.message, first.fix)
+        self._errors = errors
+
+    @property
+    def errors(self) -> list[RowError]:
+        return self._errors
+
+
+def gather(*checks: Callable[[], object]) -> list:
+    """Run every check of a row and return their results; when any fail, raise one `RowErrors`
+    listing every failure (a check that depends on another belongs after `gather`, not in it).
+
+    >>> gather(lambda: 1, lambda: "a")
+    [1, 'a']
+    """
+    results, errors = [], []
+    for check in checks:  # try/except inline, not `attempt`: this runs for every field of every row
+        try:
+            results.append(check())
+        except RowError as err:
+            results.append(None)
+            errors += err.errors
+    if errors:
+        raise_all(errors)
+    return results
+
+
+def attempt(check: Callable[[], object]) -> tuple[object, list[RowError]]:
+    """(the check's result, []) or (None, its errors): for checks that later ones depend on."""
+    try:
+        return check(), []
+    except RowError as err:
+        return None, err.errors
+
+
+def raise_all(errors: list[RowError]) -> None:
+    """Raise the row's errors as one exception (nothing when the list is empty)."""
+    if errors:
+        raise errors[0] if len(errors) == 1 else RowErrors(errors)
 
 
 def nonfinite(value: object, path: str = "") -> str | None:
@@ -104,9 +157,13 @@ def messages_from(
             "is empty" if value == [] else f"is {type_name(value)}, not a list of messages",
             f'write "{field}" as a list like [{{"{role_key}": "user", "{content_key}": "..."}}, ...]',
         )
-    out = []
-    for i, msg in enumerate(value):
-        where = f"{field}[{i}]"
+    return gather(
+        *(_message_check(msg, f"{field}[{i}]", role_key, content_key) for i, msg in enumerate(value))
+    )
+
+
+def _message_check(msg: object, where: str, role_key: str, content_key: str) -> Callable[[], dict]:
+    def check() -> dict:
         if not isinstance(msg, dict):
             raise RowError(
                 where,
@@ -115,16 +172,24 @@ def messages_from(
             )
         rkey = role_key if role_key in msg else ("from" if "from" in msg else "role")
         ckey = content_key if content_key in msg else ("value" if "value" in msg else "content")
-        raw_role = msg.get(rkey)
-        role = ROLE_ALIASES.get(raw_role.strip().lower()) if isinstance(raw_role, str) else None
-        if role is None:
-            raise RowError(
-                f"{where}.{rkey}",
-                f"role {raw_role!r} is not system, user or assistant",
-                "use system/user/assistant (ShareGPT: system/human/gpt)",
-            )
-        out.append({"role": role, "content": content_text(msg.get(ckey), f"{where}.{ckey}")})
-    return out
+        role, content = gather(
+            lambda: _role(msg.get(rkey), f"{where}.{rkey}"),
+            lambda: content_text(msg.get(ckey), f"{where}.{ckey}"),
+        )
+        return {"role": role, "content": content}
+
+    return check
+
+
+def _role(raw_role: object, field: str) -> str:
+    role = ROLE_ALIASES.get(raw_role.strip().lower()) if isinstance(raw_role, str) else None
+    if role is None:
+        raise RowError(
+            field,
+            f"role {raw_role!r} is not system, user or assistant",
+            "use system/user/assistant (ShareGPT: system/human/gpt)",
+        )
+    return role
 
 
 def check_order(messages: list[dict], field: str, ends_with: str) -> None:

@@ -109,9 +109,9 @@ def normalize(rows: Iterable[Row], file: str) -> Normalized:
         try:
             record = _normalize_row(row.data, fmt, result.kind, main, main_lines)
         except fields.RowError as err:
-            result.problems.append(
-                Problem(file, row.line, err.field, err.message, err.fix, "error", row.unit)
-            )
+            result.problems += [
+                Problem(file, row.line, e.field, e.message, e.fix, "error", row.unit) for e in err.errors
+            ]
             continue
         key = json.dumps(record, sort_keys=True, ensure_ascii=False)
         if key in seen:
@@ -198,35 +198,62 @@ def _ranges(numbers: list[int], limit: int = 8) -> str:
 
 
 def _alpaca(data: dict) -> dict:
-    instruction = fields.text_field(data, "instruction", "the task")
-    extra = fields.optional_text(data, "input")
+    instruction, extra, output, _ = fields.gather(
+        lambda: fields.text_field(data, "instruction", "the task"),
+        lambda: fields.optional_text(data, "input"),
+        lambda: fields.text_field(data, "output", "the answer"),
+        lambda: fields.optional_text(data, "system"),
+    )
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    messages = [
-        {"role": "user", "content": user},
-        {"role": "assistant", "content": fields.text_field(data, "output", "the answer")},
-    ]
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
     return {"messages": fields.with_system(data, messages)}
 
 
 def _sharegpt(data: dict) -> dict:
-    messages = fields.with_system(
-        data, fields.messages_from(data["conversations"], "conversations", "from", "value")
+    messages, _ = fields.gather(
+        lambda: fields.messages_from(data["conversations"], "conversations", "from", "value"),
+        lambda: fields.optional_text(data, "system"),
     )
+    messages = fields.with_system(data, messages)
     fields.check_order(messages, "conversations", "assistant")
     return {"messages": messages}
 
 
 def _messages(data: dict) -> dict:
-    messages = fields.with_system(data, fields.messages_from(data["messages"], "messages"))
+    messages, _ = fields.gather(
+        lambda: fields.messages_from(data["messages"], "messages"),
+        lambda: fields.optional_text(data, "system"),
+    )
+    messages = fields.with_system(data, messages)
     fields.check_order(messages, "messages", "assistant")
     return {"messages": messages}
 
 
-def _prompt_completion(data: dict) -> dict:
+def _prompt(data: dict, needs: str) -> list[dict]:
     if data.get("prompt") is None:
-        raise fields.RowError("prompt", "is missing", 'every example needs "prompt" and "completion"')
-    prompt = fields.with_system(data, fields.prompt_from(data["prompt"], "prompt"))
-    messages = prompt + fields.answer_from(data.get("completion"), "completion", prompt)
+        raise fields.RowError("prompt", "is missing", needs)
+    prompt, _ = fields.gather(
+        lambda: fields.prompt_from(data["prompt"], "prompt"), lambda: fields.optional_text(data, "system")
+    )
+    return fields.with_system(data, prompt)
+
+
+def _prompt_and_answers(data: dict, needs: str, *keys: str) -> tuple[list[dict], list[list[dict]]]:
+    """The prompt and each answer, every problem of all of them raised together."""
+    prompt, errors = fields.attempt(lambda: _prompt(data, needs))
+    answers = []
+    for key in keys:
+        answer, failed = fields.attempt(lambda key=key: fields.answer_from(data.get(key), key, prompt or []))
+        answers.append(answer)
+        errors += failed
+    fields.raise_all(errors)
+    return prompt, answers
+
+
+def _prompt_completion(data: dict) -> dict:
+    needs = 'every example needs "prompt" and "completion"'
+    prompt, (completion,) = _prompt_and_answers(data, needs, "completion")
+    messages = prompt + completion
     fields.check_order(messages, "prompt", "assistant")
     return {"messages": messages}
 
@@ -259,13 +286,12 @@ def _plain_text(data: dict) -> dict:
 
 
 def _dpo(data: dict) -> dict:
-    for key in ("chosen", "rejected"):
-        if data.get(key) is None:
-            raise fields.RowError(key, "is missing", 'every pair needs "chosen" and "rejected" answers')
+    needs = 'every pair needs "chosen" and "rejected" answers'
+    fields.raise_all(
+        [fields.RowError(k, "is missing", needs) for k in ("chosen", "rejected") if data.get(k) is None]
+    )
     if data.get("prompt") not in (None, "", []):
-        prompt = fields.with_system(data, fields.prompt_from(data["prompt"], "prompt"))
-        chosen = fields.answer_from(data["chosen"], "chosen", prompt)
-        rejected = fields.answer_from(data["rejected"], "rejected", prompt)
+        prompt, (chosen, rejected) = _prompt_and_answers(data, needs, "chosen", "rejected")
     else:
         prompt, chosen, rejected = _implicit_prompt(data["chosen"], data["rejected"])
         prompt = fields.with_system(data, prompt)
@@ -309,14 +335,16 @@ def _implicit_prompt(chosen: object, rejected: object) -> tuple[list, list, list
 
 
 def _kto(data: dict) -> dict:
-    if data.get("prompt") is None:
-        raise fields.RowError(
-            "prompt", "is missing", 'every KTO example needs "prompt", "completion" and "label"'
-        )
-    prompt = fields.with_system(data, fields.prompt_from(data["prompt"], "prompt"))
-    fields.check_order(prompt, "prompt", "user")
-    completion = fields.answer_from(data.get("completion"), "completion", prompt)
-    return {"prompt": prompt, "completion": completion, "label": fields.parse_label(data.get("label"))}
+    needs = 'every KTO example needs "prompt", "completion" and "label"'
+    prompt, errors = fields.attempt(lambda: _prompt(data, needs))
+    if prompt is not None:
+        errors += fields.attempt(lambda: fields.check_order(prompt, "prompt", "user"))[1]
+    completion, failed = fields.attempt(
+        lambda: fields.answer_from(data.get("completion"), "completion", prompt or [])
+    )
+    label, failed_label = fields.attempt(lambda: fields.parse_label(data.get("label")))
+    fields.raise_all(errors + failed + failed_label)
+    return {"prompt": prompt, "completion": completion, "label": label}
 
 
 NORMALIZERS = {

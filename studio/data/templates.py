@@ -50,12 +50,12 @@ def ensure_chat_template(tokenizer, template: str | None) -> None:
     own = tokenizer.__dict__[_OWN_TEMPLATE]
     if template is None:
         tokenizer.chat_template = own
-        _template_text(tokenizer, None)  # raises when there is none
+        template_text(tokenizer, None)  # raises when there is none
     else:
-        tokenizer.chat_template = _template_text(tokenizer, template)
+        tokenizer.chat_template = template_text(tokenizer, template)
 
 
-def _template_text(tokenizer, template: str | None) -> str | None:
+def template_text(tokenizer, template: str | None) -> str | None:
     """The Jinja text to render with: a named template, or None for the tokenizer's current one."""
     if template is not None:
         if template not in TEMPLATES:
@@ -173,7 +173,7 @@ def tokenize_sft_batch(
     """`tokenize_sft` for many records with one call of the fast tokenizer (the fast path)."""
     if train_on not in ("assistant", "all"):
         raise ValueError(f"train_on {train_on!r} must be 'assistant' or 'all'")
-    chat_template = _template_text(tokenizer, template)
+    chat_template = template_text(tokenizer, template)
     opener = generation_prompt(tokenizer, chat_template)
     rendered = [assistant_spans(_messages(r), tokenizer, chat_template, opener) for r in records]
     tokens = _encode([text for text, _ in rendered], tokenizer)
@@ -251,7 +251,7 @@ def render_preference(record: dict, tokenizer, template: str | None = None) -> d
     """{"prompt", "chosen", "rejected"} (KTO: {"prompt", "completion"}) as text, the way the
     preference trainers render them: the prompt with the generation prompt, each answer as what
     the full conversation adds after the part it shares with the prompt."""
-    chat_template = _template_text(tokenizer, template)
+    chat_template = template_text(tokenizer, template)
     prompt = render(record["prompt"], tokenizer, chat_template, generation_prompt=True)
     keys = [k for k in ("chosen", "rejected", "completion") if k in record]
     fulls = {k: render(record["prompt"] + record[k], tokenizer, chat_template) for k in keys}

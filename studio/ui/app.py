@@ -6,8 +6,10 @@ import gradio as gr
 
 from studio import workspace
 from studio.train import runs
+from studio.ui import common
 from studio.ui.chat_tab import build_chat_tab
 from studio.ui.data_tab import build_data_tab
+from studio.ui.data_view import CSS as DATA_CSS
 from studio.ui.evaluate_tab import build_evaluate_tab, select_run
 from studio.ui.hub_tab import build_hub_tab
 from studio.ui.models_tab import build_models_tab
@@ -20,10 +22,14 @@ from studio.ui.votes_tab import build_votes_tab
 
 MAX_UPLOAD = "200mb"
 
-CSS = """
-#data-preview .text.unlabeled { opacity: 0.5; }  /* masked tokens: shown, dimmed, no loss */
+CSS = (
+    """
 footer { display: none !important; }
 """
+    + DATA_CSS
+    + common.NOTICE_CSS
+)
+JS = f"() => {{ ({RATE_KEYS})(); ({common.NOTICE_JS})(); }}"
 
 
 def build_app() -> gr.Blocks:
@@ -72,7 +78,7 @@ def launch(
         allowed_paths=[str(workspace.exports_dir())],
         blocked_paths=[str(workspace.home() / ".secrets")],
         css=CSS,
-        js=RATE_KEYS,
+        js=JS,
         footer_links=["api"] if auth else [],
         show_error=False,
     )

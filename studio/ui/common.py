@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
 
 
 def problem_line(problem) -> str:
@@ -24,22 +20,19 @@ def problem_line(problem) -> str:
     return text
 
 
-def length_histogram(token_stats, max_length: int):
-    """Histogram of total (and prompt) lengths with the max-length cutoff drawn."""
-    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=100)
-    totals = list(token_stats.total_lengths)
-    prompts = list(getattr(token_stats, "prompt_lengths", []) or [])
-    bins = min(40, max(5, len(set(totals))))
-    if prompts:
-        ax.hist(prompts, bins=bins, alpha=0.5, label="prompt", color="#9cc3f5")
-    ax.hist(totals, bins=bins, alpha=0.7, label="total", color="#2f7a55")
-    ax.axvline(max_length, color="#c0392b", linestyle="--", label=f"max length {max_length}")
-    ax.set_xlabel("tokens per example")
-    ax.set_ylabel("examples")
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+NOTICE_MARKS = {"info": "✓", "warning": "⚠", "error": "✗"}
+
+
+def notice(message: str, level: str = "info") -> str:
+    """A status line for the Markdown next to the button that caused it.
+
+    Every tab reports the outcome of an action this way, never with gr.Info/gr.Warning toasts:
+    a toast floats over the page, covers content and stays when the user changes tab.
+
+    >>> notice("Saved", "info")
+    '✓ Saved'
+    """
+    return f"{NOTICE_MARKS[level]} {message}"
 
 
 def stats_markdown(token_stats, limit: int) -> str:
@@ -100,4 +93,49 @@ def format_duration(seconds: float | None) -> str:
 OPEN_MODELS_TAB = """() => {
   const tab = [...document.querySelectorAll('button[role="tab"]')].find((b) => b.textContent.trim() === "Models");
   if (tab) { tab.click(); window.scrollTo(0, 0); }
+}"""
+
+
+# Toasts (gr.Info / gr.Warning / gr.Error) float over the page, cover content and stay when the
+# user changes tab. Hidden app-wide; each message is shown instead as a status line right after
+# the button (or field) the user last acted on, inside that tab, so it goes away with the tab.
+NOTICE_CSS = """
+.toast-wrap { display: none !important; }
+.studio-notice { font-size: var(--text-sm); padding: 4px 8px; border-radius: 6px; margin: 4px 0;
+  flex-basis: 100%; white-space: pre-wrap; }
+.studio-notice.info, .studio-notice.success { background: #e6f4ea; color: #1e5631; }
+.studio-notice.warning { background: #fff4d6; color: #6b4e00; }
+.studio-notice.error { background: #fde2e1; color: #8a1c1c; }
+"""
+NOTICE_JS = """() => {
+  const marks = {info: "✓", success: "✓", warning: "⚠", error: "✗"};
+  let anchor = null;
+  const remember = (e) => {
+    const el = e.target.closest && e.target.closest("button, input, textarea, select");
+    if (el && !el.closest(".toast-wrap")) anchor = el.closest("button") || el.closest(".block") || el;
+  };
+  document.addEventListener("click", remember, true);
+  document.addEventListener("keydown", (e) => { if (e.key === "Enter") remember(e); }, true);
+  const seen = new WeakSet();
+  const place = (text, level) => {
+    let at = anchor && anchor.isConnected ? anchor : null;
+    if (!at) at = [...document.querySelectorAll(".tabitem")].find((t) => t.offsetParent !== null);
+    if (!at) return;
+    let note = at.nextElementSibling;
+    if (!note || !note.classList.contains("studio-notice")) {
+      note = document.createElement("div");
+      note.setAttribute("role", "status");
+      at.insertAdjacentElement("afterend", note);
+    }
+    note.className = "studio-notice " + level;
+    note.textContent = (marks[level] || "") + " " + text;
+  };
+  new MutationObserver(() => {
+    for (const el of document.querySelectorAll(".toast-message-text")) {
+      if (seen.has(el)) continue;
+      seen.add(el);
+      const level = ["error", "warning", "success", "info"].find((c) => el.classList.contains(c)) || "info";
+      place(el.textContent.trim(), level);
+    }
+  }).observe(document.body, {childList: true, subtree: true, characterData: true});
 }"""

@@ -136,7 +136,6 @@ def result_markdown(result: hub.PushResult) -> str:
 
 
 def _failure(exc: Exception) -> str:
-    gr.Warning(f"Push failed: {exc}")
     if isinstance(exc, hub.HubError) and exc.retryable:  # its message already says to press Push again
         return f"**Push failed:** {exc}. Nothing was lost."
     return f"**Push failed:** {exc}. Fix it and press **Push** again."
@@ -167,7 +166,6 @@ def on_push(
         )
     except (ValueError, OSError) as exc:
         return _failure(exc), token_line(typed, oauth_token)
-    gr.Info(f"Pushed to {result.repo_id}")
     return result_markdown(result), token_line(typed, oauth_token)
 
 
@@ -181,7 +179,6 @@ def _export(run_id: str | None, kind: str):
         else:
             path = hub.export_zip(run_dir, merged=kind == "merged")
     except (ValueError, OSError) as exc:
-        gr.Warning(f"Export failed: {exc}")
         return None, f"**Export failed:** {exc}"
     size = path.stat().st_size
     shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} KB"

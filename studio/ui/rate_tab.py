@@ -123,7 +123,6 @@ def on_next(job_id, overlap, mode, name, request: gr.Request):
         q = _queue(job_id, overlap, mode, name, request)
         return _screen(q, q.next())
     except ValueError as exc:
-        gr.Warning(str(exc))
         return gr.update(), str(exc), "", "", ""
 
 

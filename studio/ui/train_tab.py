@@ -176,10 +176,8 @@ def on_launch(recipe_path, model, dataset, devices, *values):
         run_id = runs.submit(recipe_path, sets, recipe.method, int(devices or 1))
         runs.schedule()  # start it now if nothing else is training, not at the next scheduler tick
     except (ValueError, OSError) as exc:
-        gr.Warning(str(exc))
         return f"**Not launched.** {exc}"
     state = runs.get(run_id).state
-    gr.Info(f"Run {run_id} {state}")
     return f"Run **{run_id}** is {state}. Follow it in the Runs tab."
 
 
@@ -204,7 +202,6 @@ def on_cluster(recipe_path, model, dataset, nodes, gpus, strategy, job_name, *va
             else "(torchrun: ddp only; use the SLURM script)"
         )
     except ValueError as exc:
-        gr.Warning(str(exc))
         return f"**Not exported.** {exc}", "", "", "", None
     zip_path = shutil.make_archive(str(out), "zip", out)
     note = f"Wrote {len(files)} files to `{out}`: " + ", ".join(f"`{f.name}`" for f in files)

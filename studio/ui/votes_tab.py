@@ -140,9 +140,10 @@ def on_export(kind: str):
     path = workspace.exports_dir() / ("votes-dpo.jsonl" if kind == "DPO" else "votes-kto.jsonl")
     rows = records.export_dpo(path) if kind == "DPO" else records.export_kto(path)
     if not rows:
-        gr.Warning("No usable votes to export yet: pick the better answer, or write a better one.")
-        return None, "**Nothing exported.** Ties and 'both bad' without an edit make no pairs."
-    gr.Info(f"Exported {len(rows)} records")
+        return None, (
+            "**Nothing exported.** No usable votes yet: pick the better answer, or write a better one "
+            "(ties and 'both bad' without an edit make no pairs)."
+        )
     return str(path), f"Exported **{len(rows)} {kind} records** to `{path}`"
 
 
@@ -150,7 +151,6 @@ def on_save(name: str, kind: str):
     try:
         entry = records.save_as_dataset((name or "").strip(), "preference" if kind == "DPO" else "kto")
     except ValueError as exc:
-        gr.Warning(str(exc))
         return f"**Not saved.** {exc}"
     methods = "DPO, SimPO or ORPO" if entry.kind == "preference" else "KTO"
     return (
