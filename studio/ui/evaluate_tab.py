@@ -11,8 +11,11 @@ from __future__ import annotations
 import html
 
 import gradio as gr
-import matplotlib.pyplot as plt
-import pandas as pd
+import matplotlib
+
+matplotlib.use("Agg")  # charts are drawn to images on a server with no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from studio import workspace
 from studio.data import store as datasets
