@@ -1,11 +1,7 @@
 """The proof on the real default model: the QLoRA sample adapter, evaluated on held-out prompts it
-never saw, finds the house-style references ("Short answer: ... Why: ...") likelier than the base
-does on every prompt (lower perplexity) without losing general text, answers differently, and the
-default model as judge records both orders of every pair.
-
-(24 QLoRA steps make the house style likelier but not yet the greedy choice: measured here, neither
-model's greedy answers open with "Short answer:", so the test counts them and reports, but does not
-require more of them; tests/test_train.py proves the opening's rise in log-probability.)"""
+never saw, answers in the house style ("Short answer: ... Why: ...") more often than the base,
+finds the house-style references likelier on every prompt (lower perplexity) without losing
+general text, and the default model as judge records both orders of every pair."""
 
 from __future__ import annotations
 
@@ -37,7 +33,7 @@ def test_the_tuned_adapter_wins_on_held_out_prompts(default_qlora_run, default_m
     answers = evaldir.answers(folder)
     styled_a = sum("Short answer:" in answers[i]["a"] for i in answers)
     styled_b = sum("Short answer:" in answers[i]["b"] for i in answers)
-    assert styled_b >= styled_a, [answers[i] for i in sorted(answers)]
+    assert styled_b > styled_a and styled_b >= 4, [answers[i] for i in sorted(answers)]
     assert any(answers[i]["a"] != answers[i]["b"] for i in answers)  # the adapter was applied
 
     ppl = summary["perplexity"]["reference"]
