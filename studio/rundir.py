@@ -10,6 +10,7 @@ the run queue use it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from dataclasses import dataclass
@@ -63,6 +64,64 @@ def claim_run_dir(method: str, model: str = "") -> Path:
             continue
         return path
     raise ValueError(f"could not create a new run folder in {workspace.runs_dir()}")
+
+
+_STAMPED = re.compile(r"^(\d{8})-(\d{4})\d{2}-")  # a run id new_run_id made: date, hour and minute
+_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+NAME_MAX = 80
+
+
+def dataset_short(spec: str) -> str:
+    """A dataset spec as a short word for names.
+
+    >>> dataset_short("sample:alpaca.jsonl"), dataset_short("/data/My Set.csv"), dataset_short("org/qa")
+    ('alpaca', 'My-Set', 'qa')
+    """
+    name = Path(str(spec).removeprefix("sample:").rstrip("/")).name
+    for suffix in _DATA_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-.")[:24]
+
+
+def default_name(method: str, dataset: str, when: datetime | None = None) -> str:
+    """A run's name until the user renames it: method, dataset and minute.
+
+    >>> default_name("sft", "sample:alpaca.jsonl", datetime(2026, 11, 30, 3, 12))
+    'sft-alpaca-20261130-0312'
+    """
+    stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M")
+    return "-".join(part for part in (method, dataset_short(dataset), stamp) if part)
+
+
+def check_run_name(name: str) -> str:
+    """A run name as the user typed it, trimmed; ValueError when it cannot be one."""
+    name = " ".join(str(name or "").split())
+    if not name or len(name) > NAME_MAX:
+        raise ValueError(f"run name {name!r}: give 1 to {NAME_MAX} characters on one line")
+    return name
+
+
+def run_name(run_dir: Path) -> str:
+    """What the studio calls a run: the name in launch.json (given at launch, editable); for a run
+    started from a terminal, method + dataset + minute when its folder has a made-up id, else the
+    folder name the user chose."""
+    run_dir = Path(run_dir)
+    name = read_launch(run_dir).get("name")
+    if isinstance(name, str) and name.strip():
+        return name.strip()
+    stamped = _STAMPED.match(run_dir.name)
+    recipe = read_recipe(run_dir)
+    if stamped and recipe.get("method"):
+        when = datetime.strptime("".join(stamped.groups()), "%Y%m%d%H%M")
+        return default_name(str(recipe["method"]), str(recipe.get("dataset") or ""), when)
+    return run_dir.name
+
+
+def rename(run_dir: Path, name: str) -> str:
+    """Give a run a new name (kept in launch.json; the folder and its id stay as they are)."""
+    name = check_run_name(name)
+    write_launch(run_dir, {**read_launch(run_dir), "name": name})
+    return name
 
 
 def find(run: str | Path) -> Path:
@@ -146,14 +205,16 @@ def write_launch(run_dir: Path, launch: dict) -> None:
 
 
 def read_probes(run_dir: Path) -> dict:
-    """probes.json: {"prompts": [...], "before": [...], "after": [...]} (empty until written)."""
+    """probes.json: {"prompts": [...], "before": [...], "after": [...], "opening": "..."} (empty until
+    written); `opening` is how most training answers start ("" when they share none)."""
     return _read_json(Path(run_dir) / PROBES)
 
 
-def write_probes(run_dir: Path, prompts: list[str], before: list[str], after: list[str]) -> None:
-    workspace.atomic_write_json(
-        Path(run_dir) / PROBES, {"prompts": prompts, "before": before, "after": after}
-    )
+def write_probes(
+    run_dir: Path, prompts: list[str], before: list[str], after: list[str], opening: str = ""
+) -> None:
+    record = {"prompts": prompts, "before": before, "after": after, "opening": opening}
+    workspace.atomic_write_json(Path(run_dir) / PROBES, record)
 
 
 def read_recipe(run_dir: Path) -> dict:

@@ -114,15 +114,19 @@ def test_after_a_vote_both_columns_continue_from_the_chosen_answer(session, engi
     assert session.history("A")[-1]["content"] == "A says 3"  # not voted yet: its own answer
 
 
-def test_an_edit_after_a_vote_replaces_it_and_keeps_the_verdict(session, engine):
+def test_an_edit_after_a_vote_updates_it_keeps_its_number_and_shows_in_both_panes(session, engine):
     turn(session, engine, "one", shown_first="B")
     first_vote = session.vote("second").vote_id  # column A was shown second
     edited = session.save_edit("  The capital is Paris.  ")
-    assert edited.vote_id != first_vote and edited.verdict == "A"
-    [vote] = store.all_votes()  # the first vote is gone, the edit's vote kept
-    assert (vote.id, vote.verdict, vote.edited) == (edited.vote_id, "A", "The capital is Paris.")
-    assert records.export_dpo()[0]["chosen"][0]["content"] == "The capital is Paris."
-    assert session.history("B")[-1]["content"] == "The capital is Paris."
+    assert edited.vote_id == first_vote and edited.verdict == "A"  # the vote is not renumbered
+    [vote] = store.all_votes()  # one vote, now with the edit
+    assert (vote.id, vote.verdict, vote.edited) == (first_vote, "A", "The capital is Paris.")
+    for pane in session.panes():  # the saved answer closes the turn in both panes, marked as edited
+        assert pane[-1] == {"role": "assistant", "content": "The capital is Paris.", "edited": True}
+    assert session.save_edit("Paris.").vote_id == first_vote  # a second edit keeps the number too
+    assert store.all_votes()[0].edited == "Paris."
+    assert records.export_dpo()[0]["chosen"][0]["content"] == "Paris."
+    assert session.history("B")[-1]["content"] == "Paris."
     turn(session, engine, "two")
     assert session.save_edit("Mine.").verdict == "both_bad"  # an edit alone: both answers were bad
     assert store.all_votes()[-1].edited == "Mine."

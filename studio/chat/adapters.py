@@ -2,7 +2,8 @@
 injected into it.
 
 Finding: a run folder, its `adapter/`, or a `checkpoints/checkpoint-N` (`adapter_folder`,
-`list_adapters`, `adapter_label`). Checking, before PEFT touches the model: LoRA/DoRA only, the
+`list_adapters`, `adapter_label`; `adapter_title` and `learned_from` say what a person calls it and
+which dataset it learned from, read from its run folder through `studio.rundir`). Checking, before PEFT touches the model: LoRA/DoRA only, the
 recorded base names the loaded one, every LoRA matrix has the shape of the layer it patches.
 
 Serving (`LoadedAdapters`): LoRA adapters share the base weights and join PEFT mixed-adapter
@@ -22,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio import workspace
+from studio import rundir, workspace
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 _HEADROOM_MB = 512  # memory left free after making a merged DoRA copy
@@ -84,6 +85,26 @@ def adapter_label(folder: Path) -> str:
     else:
         label = folder.name
     return re.sub(r"[^A-Za-z0-9_-]", "_", label) or "adapter"
+
+
+def _run_folder(folder: Path) -> Path:
+    folder = Path(folder)
+    return folder.parent.parent if folder.parent.name == "checkpoints" else folder.parent
+
+
+def adapter_title(folder: Path) -> str:
+    """What a person calls an adapter: its run's name (method + dataset + minute unless renamed),
+    with the checkpoint's step for a checkpoint."""
+    folder = Path(folder)
+    name = rundir.run_name(_run_folder(folder))
+    if folder.parent.name == "checkpoints":
+        return f"{name} · checkpoint {folder.name.removeprefix('checkpoint-')}"
+    return name
+
+
+def learned_from(folder: Path) -> str:
+    """The dataset an adapter was trained on, from its run's recipe ("" when the run does not say)."""
+    return str(rundir.read_recipe(_run_folder(folder)).get("dataset") or "")
 
 
 # ---- checks before PEFT touches the model -------------------------------------------------------

@@ -4,9 +4,9 @@ Two columns, A and B, are the two models the user picked; each keeps its own con
 answers every prompt. Blind mode flips a coin each turn for which column's answer the screen shows
 first (on the left) and the tab hides the names until the vote. The user's pick is in screen
 terms ("first", "second", "tie", "both_bad"); the session turns it into the column it meant and
-stores the vote (studio.prefs.store). An edited answer becomes the chosen one; an edit after a
-vote replaces that vote. After a vote both columns continue from the chosen answer, so the next
-pair answers one shared conversation. Regenerate drops the last turn and gives its prompt back;
+stores the vote (studio.prefs.store). An edited answer becomes the chosen one and shows in the
+conversation; an edit after a vote updates that vote in place. After a vote both columns continue
+from the chosen answer, so the next pair answers one shared conversation. Regenerate drops the last turn and gives its prompt back;
 clear starts over.
 
 Sessions live in a module-level registry keyed by an id: the tab keeps only that id. Knows nothing
@@ -56,6 +56,7 @@ class Turn:
     vote_id: int | None = None
     verdict: str | None = None  # "A" | "B" | "tie" | "both_bad", once voted
     chosen: str | None = None  # the answer both columns continue from, once there is one
+    edited: str | None = None  # the user's own answer, once saved
 
     @property
     def prompt(self) -> str:
@@ -116,6 +117,8 @@ class ChatSession:
             user = turn.prompts["A"][-1]
             for pane, column in zip((first, second), turn.order, strict=True):
                 pane += [user, {"role": "assistant", "content": turn.answers[column]}]
+                if turn.edited:  # what both sides continue from, marked as the user's
+                    pane.append({"role": "assistant", "content": turn.edited, "edited": True})
         return first, second
 
     # ---- a turn ---------------------------------------------------------------------------------
@@ -169,26 +172,25 @@ class ChatSession:
     def vote(self, pick: str, edited: str | None = None) -> Turn:
         """Store the user's pick (screen terms) or edit for the last turn; returns the turn.
 
-        An edit after a vote replaces that vote and keeps its verdict: it polishes the answer
-        already picked. The new vote is stored before the old one is deleted: a crash loses nothing.
+        An edit after a vote updates that vote in place (same number, same verdict): it polishes
+        the answer already picked.
         """
         if pick not in PICKS:
             raise ValueError(f"vote: pick {pick!r} must be one of {', '.join(PICKS)}")
         edited = (edited or "").strip() or None
         with self._lock:
             turn = self._votable(edited)
-            if turn.vote_id is not None:
-                verdict = turn.verdict
-            elif pick in ("first", "second"):
-                verdict = turn.shown_first if pick == "first" else _other(turn.shown_first)
+            if turn.vote_id is not None:  # _votable let it through: this is an edit
+                store.set_edited(turn.vote_id, edited)
             else:
-                verdict = pick
-            vote_id = self._record(turn, verdict, edited)
-            if turn.vote_id is not None:
-                store.delete_vote(turn.vote_id)
-            turn.vote_id, turn.verdict = vote_id, verdict
-            if edited or verdict in COLUMNS:
-                turn.chosen = edited or turn.answers[verdict]
+                if pick in ("first", "second"):
+                    verdict = turn.shown_first if pick == "first" else _other(turn.shown_first)
+                else:
+                    verdict = pick
+                turn.vote_id, turn.verdict = self._record(turn, verdict, edited), verdict
+            turn.edited = edited or turn.edited
+            if edited or turn.verdict in COLUMNS:
+                turn.chosen = edited or turn.answers[turn.verdict]
             return turn
 
     def save_edit(self, edited: str) -> Turn:

@@ -360,6 +360,16 @@ def delete_vote(vote_id: int) -> None:
             raise ValueError(f"vote {vote_id} not found in {workspace.db_path()}: refresh the vote list")
 
 
+def set_edited(vote_id: int, edited: str) -> None:
+    """Replace a vote's edited answer in place: the vote keeps its id, verdict and time."""
+    edited = (edited or "").strip()
+    if not edited:
+        raise ValueError(f"vote {vote_id}: the edited answer is empty — write the better answer first")
+    with _connect() as conn:
+        if conn.execute("UPDATE votes SET edited = ? WHERE id = ?", (edited, int(vote_id))).rowcount == 0:
+            raise ValueError(f"vote {vote_id} not found in {workspace.db_path()}: refresh the vote list")
+
+
 def count() -> int:
     with _connect() as conn:
         return int(conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0])

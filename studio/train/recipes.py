@@ -142,7 +142,10 @@ class TrainingSection:
 @dataclass
 class ProbeSection:
     prompts: list[str] = _f(
-        [], "Questions answered greedily by the base and the tuned model at the end (probes.json)."
+        [],
+        "Questions answered greedily by the base and the tuned model at the end (probes.json). Left at "
+        "the recipe's starter questions, a run with a held-out split asks 3 of its held-out questions "
+        "instead; empty: no probes.",
     )
     max_new_tokens: int = _f(48, "Longest probe answer in tokens.")
 

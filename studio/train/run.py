@@ -22,7 +22,7 @@ from pathlib import Path
 from transformers import PrinterCallback
 
 from studio import models, processes, rundir, workspace
-from studio.train import callbacks, memory, preflight, recipes, setup, tokenized
+from studio.train import callbacks, memory, preflight, probes, recipes, setup, tokenized
 from studio.train.recipes import Recipe
 
 
@@ -203,8 +203,9 @@ def run(recipe: Recipe, run_dir: Path, resume: bool, flag: StopFlag) -> tuple[st
                 print(f"[studio] ignoring the half-written {path.name}", flush=True)
             rundir.truncate_metrics(run_dir, checkpoint.step if checkpoint else 0)
         if recipe.probes.prompts and not rundir.read_probes(run_dir):
-            before = answer(trainer.model, tokenizer, recipe.probes.prompts, recipe.probes.max_new_tokens)
-            rundir.write_probes(run_dir, recipe.probes.prompts, before, [])
+            asked = probes.plan(recipe)
+            before = answer(trainer.model, tokenizer, asked.prompts, recipe.probes.max_new_tokens)
+            rundir.write_probes(run_dir, asked.prompts, before, [], opening=asked.opening)
     if flag.raised:
         return "stopped", None
     print(
@@ -221,9 +222,12 @@ def run(recipe: Recipe, run_dir: Path, resume: bool, flag: StopFlag) -> tuple[st
         return "stopped", None
     save_final(trainer, run_dir, main)
     if main and recipe.probes.prompts:
-        after = answer(trainer.model, tokenizer, recipe.probes.prompts, recipe.probes.max_new_tokens)
-        before = rundir.read_probes(run_dir).get("before", [])
-        rundir.write_probes(run_dir, recipe.probes.prompts, before, after)
+        asked = rundir.read_probes(run_dir)  # the questions asked before training, kept on resume
+        prompts = asked.get("prompts") or recipe.probes.prompts
+        after = answer(trainer.model, tokenizer, prompts, recipe.probes.max_new_tokens)
+        rundir.write_probes(
+            run_dir, prompts, asked.get("before", []), after, opening=asked.get("opening", "")
+        )
     return "completed", None
 
 

@@ -58,6 +58,11 @@ class RunInfo:
         return str(self.recipe.get("dataset", "?"))
 
     @property
+    def name(self) -> str:
+        """The run's name: method + dataset + minute unless the user renamed it."""
+        return rundir.run_name(self.path)
+
+    @property
     def created_at(self) -> str:
         return str(self.launch.get("created_at") or self.status.get("started_at") or "")
 
@@ -109,11 +114,33 @@ def train_command(
     return argv + (["--resume"] if resume else [])
 
 
-def submit(recipe: str, sets: list[str], method: str, num_processes: int = 1) -> str:
-    """Queue a new run of `recipe` with `--set` overrides; it starts when its turn comes."""
+def _dataset_of(recipe: str, sets: list[str]) -> str:
+    """The dataset a run will train on: a `dataset=` override, else the recipe file's."""
+    import yaml
+
+    for item in reversed(sets):
+        key, _, value = item.partition("=")
+        if key.strip() == "dataset" and value.strip():
+            loaded = yaml.safe_load(value)
+            return str(loaded if loaded is not None else value)
+    path = Path(recipe)
+    path = path if path.is_absolute() else Path(__file__).resolve().parents[2] / path
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return ""
+    return str(data.get("dataset") or "") if isinstance(data, dict) else ""
+
+
+def submit(recipe: str, sets: list[str], method: str, num_processes: int = 1, name: str | None = None) -> str:
+    """Queue a new run of `recipe` with `--set` overrides; it starts when its turn comes.
+    `name`: what the studio calls it (default: method + dataset + minute, e.g. sft-alpaca-20261130-0312)."""
     run_dir = rundir.claim_run_dir(method)
     run_id = run_dir.name
     launch = {
+        "name": rundir.check_run_name(name)
+        if name
+        else rundir.default_name(method, _dataset_of(recipe, sets)),
         "recipe": str(recipe),
         "sets": list(sets),
         "method": method,
@@ -320,11 +347,16 @@ def resume(run_id: str) -> None:
 def duplicate(run_id: str) -> str:
     """Queue a new run with the same recipe and overrides as `run_id`."""
     info = get(run_id)
-    if not info.launch:
+    if not info.launch.get("recipe"):
         raise ValueError(f"run {run_id} was not launched from the studio: start it again from its recipe")
     return submit(
         info.launch["recipe"], info.launch.get("sets", []), info.method, info.launch.get("num_processes", 1)
     )
+
+
+def rename(run_id: str, name: str) -> str:
+    """Give a run a new name (its id and folder stay as they are)."""
+    return rundir.rename(get(run_id).path, name)
 
 
 def delete(run_id: str) -> None:

@@ -7,7 +7,7 @@ import gradio as gr
 from studio import workspace
 from studio.train import runs
 from studio.ui import common
-from studio.ui.chat_tab import build_chat_tab
+from studio.ui.chat_tab import build_chat_tab, on_load, open_run
 from studio.ui.data_tab import build_data_tab
 from studio.ui.data_view import CSS as DATA_CSS
 from studio.ui.evaluate_tab import build_evaluate_tab, select_run
@@ -43,11 +43,11 @@ def build_app() -> gr.Blocks:
             with gr.Tab("Train", id="train") as train_tab:
                 build_train_tab(train_tab)
             with gr.Tab("Runs", id="runs") as runs_tab:
-                run_picked, evaluate_btn = build_runs_tab(runs_tab)
+                run_picked, chat_btn, evaluate_btn = build_runs_tab(runs_tab)
             with gr.Tab("Evaluate", id="evaluate"):
                 eval_run = build_evaluate_tab()
             with gr.Tab("Chat", id="chat") as chat_tab:
-                build_chat_tab(chat_tab)
+                chat = build_chat_tab(chat_tab)
             with gr.Tab("Rate pairs", id="rate"):
                 build_rate_tab()
             with gr.Tab("Votes", id="votes") as votes_tab:
@@ -61,6 +61,12 @@ def build_app() -> gr.Blocks:
             [run_picked],
             [tabs, eval_run],
         )
+        opened = chat_btn.click(
+            lambda run_id, session_id: (gr.Tabs(selected="chat"), *open_run(run_id, session_id)),
+            [run_picked, *chat.open_inputs],
+            [tabs, *chat.open_outputs],
+        )
+        opened.then(on_load, chat.load_inputs, chat.load_outputs)  # base + adapter, ready to answer
     return demo
 
 

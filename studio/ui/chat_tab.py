@@ -10,10 +10,13 @@ The left pane shows the answer the session shows first.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
-from studio import models
+from studio import models, rundir, workspace
+from studio.chat import adapters as chat_adapters
 from studio.chat import engine as chat
 from studio.chat import session as turns
 from studio.train import runs
@@ -29,7 +32,26 @@ VOTE_BUTTONS = {  # elem_id -> the user's pick, in screen terms
 
 
 def adapter_choices() -> list[tuple[str, str]]:
-    return [BASE_CHOICE] + [(chat.adapter_label(p), str(p)) for p in chat.list_adapters()]
+    return [BASE_CHOICE] + [(chat_adapters.adapter_title(p), str(p)) for p in chat.list_adapters()]
+
+
+def sides_text(side_a: str | None, side_b: str | None) -> str:
+    """Which model each side is, and for an adapter the dataset it learned from."""
+
+    def one(value: str | None) -> str:
+        if not value or value == turns.BASE_SIDE:
+            return BASE_CHOICE[0]
+        data = chat_adapters.learned_from(value)
+        return _choice_label(value) + (f", learned from *{data}*" if data else "")
+
+    return f"**Model A**: {one(side_a)} · **Model B**: {one(side_b)}"
+
+
+def _show(pane: list[dict]) -> list[dict]:
+    """A pane's messages for the Chatbot: the user's saved answer is marked as edited."""
+    return [
+        {"role": m["role"], "content": f"**(edited)** {m['content']}"} if m.get("edited") else m for m in pane
+    ]
 
 
 def _settings(system, temperature, top_p, max_new, rep, seed) -> chat.GenSettings:
@@ -125,8 +147,8 @@ def on_send(prompt, session_id, base, side_a, side_b, blind, system, temperature
             first, second = session.panes()
             by_column = {"A": reply_a, "B": reply_b}
             yield (
-                gr.update(value=first, label=titles[0]),
-                gr.update(value=second, label=titles[1]),
+                gr.update(value=_show(first), label=titles[0]),
+                gr.update(value=_show(second), label=titles[1]),
                 session_id,
                 cleared if cleared is not None else gr.update(),
                 "",
@@ -141,10 +163,11 @@ def on_send(prompt, session_id, base, side_a, side_b, blind, system, temperature
 
 
 def on_turn_done(session_id):
-    """Both answers are complete (or stopped): the turn can be voted on."""
+    """Both answers are complete (or stopped): the turn can be voted on; Stop hides again."""
+    hidden = gr.update(visible=False)
     if not session_id or not turns.get(session_id).finish():
-        return gr.update()
-    return "Both answers are in. Which one is better? Vote below, or write a better answer."
+        return gr.update(), hidden
+    return "Both answers are in. Which one is better? Vote below, or write a better answer.", hidden
 
 
 def _reveal(turn: turns.Turn, edited: bool) -> str:
@@ -175,7 +198,13 @@ def _vote(session_id, action, edited: bool):
     titles = _titles(turn, blind=False)  # the vote reveals the names
     # the edit box starts from the chosen answer, so a better answer is a small change to it
     start = "" if edited else turn.answers.get(turn.verdict or "", "")
-    return _reveal(turn, edited), start, gr.update(label=titles[0]), gr.update(label=titles[1])
+    first, second = turns.get(session_id).panes()  # an edited answer now closes the turn
+    return (
+        _reveal(turn, edited),
+        start,
+        gr.update(value=_show(first), label=titles[0]),
+        gr.update(value=_show(second), label=titles[1]),
+    )
 
 
 def on_clear(session_id):
@@ -192,7 +221,7 @@ def on_regenerate(session_id, seed):
     except turns.TurnError as exc:
         raise gr.Error(str(exc)) from None
     first, second = session.panes()
-    return first, second, prompt, int(seed or 0) + 1
+    return _show(first), _show(second), prompt, int(seed or 0) + 1
 
 
 def on_show():
@@ -206,8 +235,45 @@ def on_show():
     )
 
 
-def build_chat_tab(tab: gr.Tab | None = None) -> None:
-    """`tab`: the Chat tab, so that showing it lists the adapters trained meanwhile."""
+def open_run(run_id: str | None, session_id: str | None):
+    """A finished run's "Chat with it": its base model against its adapter, named side by side
+    (blind off), the conversation cleared and the run's probe questions offered."""
+    run = workspace.run_path(run_id) if run_id else None
+    if run is None or not (run / "adapter" / "adapter_config.json").is_file():
+        gr.Warning("This run has no finished adapter to chat with yet.")
+        return (gr.update(),) * 10
+    if session_id:
+        turns.get(session_id).clear()
+    adapter = str(run / "adapter")
+    questions = list(rundir.read_probes(run).get("prompts") or [])
+    choices = adapter_choices()
+    return (
+        gr.update(value=str(rundir.read_recipe(run).get("model") or "default")),
+        gr.update(choices=choices, value=turns.BASE_SIDE),
+        gr.update(choices=choices, value=adapter),
+        False,
+        gr.update(choices=questions, value=questions[0] if questions else None, visible=bool(questions)),
+        questions[0] if questions else "",
+        gr.update(value=[], label=f"Left: {BASE_CHOICE[0]}"),
+        gr.update(value=[], label=f"Right: {chat_adapters.adapter_title(Path(adapter))}"),
+        sides_text(turns.BASE_SIDE, adapter),
+        "",
+    )
+
+
+@dataclass
+class ChatWiring:
+    """What another tab needs to open a run here: `open_run`'s outputs, then `on_load`'s."""
+
+    open_inputs: list
+    open_outputs: list
+    load_inputs: list
+    load_outputs: list
+
+
+def build_chat_tab(tab: gr.Tab | None = None) -> ChatWiring:
+    """`tab`: the Chat tab, so that showing it lists the adapters trained meanwhile. Returns the
+    widgets the Runs tab's "Chat with it" fills (app.py wires it)."""
     # only the session's id lives in the page; the turns live in studio.chat.session's registry
     session_id = gr.State(turns.new_id, delete_callback=turns.forget)
     warning = gr.Markdown(training_warning)  # a callable: re-read on every page load
@@ -224,6 +290,7 @@ def build_chat_tab(tab: gr.Tab | None = None) -> None:
         side_a = gr.Dropdown(adapter_choices(), value="base", label="Model A", scale=3, elem_id="chat-a")
         side_b = gr.Dropdown(adapter_choices(), value="base", label="Model B", scale=3, elem_id="chat-b")
         load_btn = gr.Button("Load", scale=1)
+    sides = gr.Markdown(sides_text(turns.BASE_SIDE, turns.BASE_SIDE), elem_id="chat-sides")
     with gr.Row():
         mem = gr.Markdown(memory_text, elem_id="chat-memory")
         find_model = gr.Button("Search the Hub for a model…", size="sm")
@@ -241,12 +308,18 @@ def build_chat_tab(tab: gr.Tab | None = None) -> None:
         left = gr.Chatbot(label="Left", height=380, elem_id="chat-left")
         right = gr.Chatbot(label="Right", height=380, elem_id="chat-right")
     speed = gr.Markdown(elem_id="chat-speed")
+    questions = gr.Dropdown(
+        [],
+        label="This run's probe questions (pick one to put it in the message box)",
+        visible=False,
+        elem_id="chat-probes",
+    )
     prompt = gr.Textbox(
         label="Message (sent to both sides)", placeholder="Ask something…", lines=2, elem_id="chat-prompt"
     )
     with gr.Row():
         send_btn = gr.Button("Send", variant="primary")
-        stop_btn = gr.Button("Stop", variant="stop")
+        stop_btn = gr.Button("Stop", variant="stop", visible=False)  # shown only while answering
         regen_btn = gr.Button("Regenerate")
         clear_btn = gr.Button("Clear")
     with gr.Row():
@@ -265,14 +338,17 @@ def build_chat_tab(tab: gr.Tab | None = None) -> None:
     settings = [system, temperature, top_p, max_new, rep, seed]
     send_inputs = [prompt, session_id, base, side_a, side_b, blind, *settings]
     send_outputs = [left, right, session_id, prompt, reveal, speed, warning, mem]
-    sending = gr.on(
-        [send_btn.click, prompt.submit], on_send, send_inputs, send_outputs, show_progress="minimal"
-    )
-    sending.then(on_turn_done, [session_id], [reveal])
+    show_stop = dict(fn=lambda: gr.update(visible=True), inputs=None, outputs=[stop_btn], queue=False)
+    started = gr.on([send_btn.click, prompt.submit], **show_stop, show_progress="hidden")
+    sending = started.then(on_send, send_inputs, send_outputs, show_progress="minimal")
+    sending.then(on_turn_done, [session_id], [reveal, stop_btn])
     regenerating = regen_btn.click(on_regenerate, [session_id, seed], [left, right, prompt, seed])
-    resending = regenerating.success(on_send, send_inputs, send_outputs, show_progress="minimal")
-    resending.then(on_turn_done, [session_id], [reveal])
-    stop_btn.click(on_turn_done, [session_id], [reveal], cancels=[sending, resending])
+    restarted = regenerating.success(**show_stop, show_progress="hidden")
+    resending = restarted.then(on_send, send_inputs, send_outputs, show_progress="minimal")
+    resending.then(on_turn_done, [session_id], [reveal, stop_btn])
+    stop_btn.click(on_turn_done, [session_id], [reveal, stop_btn], cancels=[sending, resending])
+    questions.input(lambda q: q or gr.update(), [questions], [prompt])
+    gr.on([side_a.change, side_b.change], sides_text, [side_a, side_b], [sides], show_progress="hidden")
     clear_btn.click(on_clear, [session_id], [left, right, reveal, speed])
     base.focus(lambda: gr.update(choices=models.local_specs()), None, base)
     find_model.click(None, js=common.OPEN_MODELS_TAB)
@@ -283,3 +359,9 @@ def build_chat_tab(tab: gr.Tab | None = None) -> None:
     voted = [reveal, edited, left, right]
     gr.on([button.click for button in vote_btns], on_vote, [session_id], voted)
     save_edit.click(on_save_edit, [edited, session_id], voted)
+    return ChatWiring(
+        open_inputs=[session_id],
+        open_outputs=[base, side_a, side_b, blind, questions, prompt, left, right, sides, reveal],
+        load_inputs=[base, side_a, side_b],
+        load_outputs=[mem],
+    )

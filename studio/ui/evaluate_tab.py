@@ -39,8 +39,10 @@ COMPARE_COLUMNS = [
 ]
 
 
-def _evaluable_runs() -> list[str]:
-    return [r.run_id for r in runs.list_runs() if (r.path / "adapter" / "adapter_config.json").is_file()]
+def _evaluable_runs() -> list[tuple[str, str]]:
+    """(name, run id) of every run with a finished adapter."""
+    done = [r for r in runs.list_runs() if (r.path / "adapter" / "adapter_config.json").is_file()]
+    return [(r.name, r.run_id) for r in done]
 
 
 def _side_choices(run_id: str | None) -> list[tuple[str, str]]:

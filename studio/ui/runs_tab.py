@@ -1,20 +1,24 @@
-"""Runs tab: every run with its true state, a live view of one (progress, curves, log, probes),
-stop / resume / duplicate / delete, and a side-by-side comparison of several runs.
+"""Runs tab: every run with its name and true state, a live view of one (progress, curves, log),
+and for a finished run what happened in words, its probe answers as before/after cards with the
+changed words marked, and the next steps ("Chat with it", "Evaluate"); stop / resume / duplicate /
+rename / delete, and a side-by-side comparison of several runs.
 
 A `gr.Timer` polls the run folders; no event handler stays open for the length of a run.
 """
 
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 import pandas as pd
 
 from studio import rundir, workspace
-from studio.train import runs
+from studio.train import outcome, runs
 from studio.ui import common
 
 POLL_S = 2.0
-TABLE_COLUMNS = ["run", "state", "method", "model", "dataset", "step", "final loss", "duration"]
+TABLE_COLUMNS = ["name", "run", "state", "method", "model", "dataset", "step", "final loss", "duration"]
 LOSS_KEYS = ["loss", "eval_loss"]
 PREF_KEYS = ["rewards/margins", "rewards/accuracies"]
 
@@ -30,6 +34,7 @@ def runs_table() -> pd.DataFrame:
         step, total = info.status.get("step"), info.status.get("max_steps")
         data.append(
             [
+                info.name,
                 info.run_id,
                 info.state,
                 info.method,
@@ -70,15 +75,47 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def probes_frame(run_id: str) -> pd.DataFrame:
-    probes = rundir.read_probes(workspace.run_path(run_id))
-    prompts = probes.get("prompts", [])
-    before, after = probes.get("before", []), probes.get("after", [])
-    data = [
-        [p, before[i] if i < len(before) else "", after[i] if i < len(after) else ""]
-        for i, p in enumerate(prompts)
-    ]
-    return pd.DataFrame(data, columns=["prompt", "before (base)", "after (tuned)"])
+def summary_markdown(info: runs.RunInfo) -> str:
+    """What a completed run did, in one sentence ("" before it completes)."""
+    if info.state != "completed":
+        return ""
+    return f"**What happened:** {outcome.summarize(info.path).text}."
+
+
+CARD = "border:1px solid #d1d5db;border-radius:8px;padding:10px;margin:8px 0"
+SIDE = "flex:1;min-width:0;white-space:pre-wrap;padding:6px;border-radius:6px"
+
+
+def _marked(runs_of_words: list[tuple[str, bool]], tag: str) -> str:
+    return "".join(
+        f"<{tag}>{html.escape(text)}</{tag}>" if changed else html.escape(text)
+        for text, changed in runs_of_words
+    )
+
+
+def probe_cards(run_dir) -> str:
+    """The probe questions as cards: the base model's answer and the tuned one side by side, with
+    the words that left marked in the first and the new words marked in the second."""
+    probes = rundir.read_probes(run_dir)
+    prompts = probes.get("prompts") or []
+    before, after = probes.get("before") or [], probes.get("after") or []
+    if not prompts:
+        return ""
+    cards = ["<div id='probe-cards'><b>Probe questions: before and after training</b>"]
+    for i, prompt in enumerate(prompts):
+        old = before[i] if i < len(before) else ""
+        new = after[i] if i < len(after) else None
+        left, right = outcome.word_diff(old, new or "")
+        after_html = _marked(right, "mark") if new is not None else "<i>(answered when training ends)</i>"
+        cards.append(
+            f"<div class='probe-card' style='{CARD}'><div><b>{html.escape(prompt)}</b></div>"
+            f"<div style='display:flex;gap:12px;margin-top:6px'>"
+            f"<div class='probe-before' style='{SIDE};background:#f9fafb'><small>before (base)</small><br>"
+            f"{_marked(left, 'del')}</div>"
+            f"<div class='probe-after' style='{SIDE};background:#f0fdf4'><small>after (tuned)</small><br>"
+            f"{after_html}</div></div></div>"
+        )
+    return "".join(cards) + "</div>"
 
 
 def _plot(rows: list[dict], keys: list[str]):
@@ -100,16 +137,17 @@ def on_refresh(run_id: str | None, known: list[str] | None):
     """
     table = runs_table()
     choices = list(table["run"])
+    labelled = list(zip(table["name"], choices, strict=True))
     new = [r for r in choices if known is not None and r not in known]
     # Otherwise only an empty selection is filled in: rewriting it every tick would race the user.
-    picker = gr.update(choices=choices)
+    picker = gr.update(choices=labelled)
     if (new or not run_id) and choices:
         run_id = new[0] if new else choices[0]
-        picker = gr.update(choices=choices, value=run_id)
+        picker = gr.update(choices=labelled, value=run_id)
     if not run_id or run_id not in choices:
         empty = _plot([], LOSS_KEYS)
         off = gr.update(interactive=False)
-        return table, picker, "No run selected.", empty, empty, empty, "", None, off, off, choices
+        return table, picker, "No run selected.", empty, empty, empty, "", "", "", off, off, choices
     info = runs.get(run_id)
     rows = rundir.follow_metrics(info.path)
     can_stop, can_resume = ACTIONS.get(info.state, (False, False))
@@ -121,7 +159,8 @@ def on_refresh(run_id: str | None, known: list[str] | None):
         _plot(rows, ["learning_rate"]),
         _plot(rows, PREF_KEYS),
         rundir.log_tail(info.path, 40),
-        probes_frame(run_id),
+        summary_markdown(info),
+        probe_cards(info.path),
         gr.update(interactive=can_stop),
         gr.update(interactive=can_resume),
         choices,
@@ -190,18 +229,39 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _offer_evaluate(run_id: str | None):
-    """The "Evaluate" button, shown once the selected run has completed."""
+def _offer_next(run_id: str | None):
+    """ "Chat with it" and "Evaluate", shown once the selected run has completed with an adapter."""
     try:
-        done = bool(run_id) and runs.get(run_id).state == "completed"
+        info = runs.get(run_id) if run_id else None
     except ValueError:  # deleted meanwhile
-        done = False
-    return gr.update(visible=done)
+        info = None
+    done = info is not None and info.state == "completed" and (info.path / "adapter").is_dir()
+    return gr.update(visible=done), gr.update(visible=done)
 
 
-def build_runs_tab(tab: gr.Tab | None = None) -> tuple[gr.Dropdown, gr.Button]:
-    """The tab; returns the run picker and the "Evaluate" button (the app wires it to Evaluate).
-    `tab`: the Runs tab, so that showing it refreshes the view at once."""
+def _name_of(run_id: str | None) -> str:
+    try:
+        return runs.get(run_id).name if run_id else ""
+    except ValueError:
+        return ""
+
+
+def on_rename(run_id: str | None, name: str):
+    if not run_id:
+        gr.Warning("Select a run first.")
+        return gr.update()
+    try:
+        name = runs.rename(run_id, name)
+    except ValueError as exc:
+        gr.Warning(str(exc))
+        return gr.update()
+    gr.Info(f"Renamed to {name}.")
+    return name
+
+
+def build_runs_tab(tab: gr.Tab | None = None) -> tuple[gr.Dropdown, gr.Button, gr.Button]:
+    """The tab; returns the run picker, "Chat with it" and "Evaluate" (the app wires them to the
+    Chat and Evaluate tabs). `tab`: the Runs tab, so that showing it refreshes the view at once."""
     timer = gr.Timer(POLL_S)
     table = gr.Dataframe(headers=TABLE_COLUMNS, label="Runs", interactive=False, wrap=True)
     with gr.Row():
@@ -209,11 +269,16 @@ def build_runs_tab(tab: gr.Tab | None = None) -> tuple[gr.Dropdown, gr.Button]:
         stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False)
         resume_btn = gr.Button("Resume", scale=1, interactive=False)
         dup_btn = gr.Button("Duplicate as new run", scale=1)
+        chat_btn = gr.Button("Chat with it", variant="primary", scale=1, visible=False)
         evaluate_btn = gr.Button("Evaluate", variant="primary", scale=1, visible=False)
     with gr.Row():
-        confirm = gr.Checkbox(False, label="yes, delete this run", scale=3)
+        name = gr.Textbox(label="Name", scale=3, max_lines=1, elem_id="run-name")
+        rename_btn = gr.Button("Rename", scale=1)
+        confirm = gr.Checkbox(False, label="yes, delete this run", scale=2)
         delete_btn = gr.Button("Delete run", scale=1)
     progress = gr.HTML(elem_id="run-progress")
+    summary = gr.Markdown(elem_id="run-summary")
+    probes = gr.HTML(elem_id="run-probes")
     with gr.Row():
         loss_plot = gr.LinePlot(
             x="step",
@@ -240,7 +305,6 @@ def build_runs_tab(tab: gr.Tab | None = None) -> tuple[gr.Dropdown, gr.Button]:
             height=260,
             elem_id="runs-pref",
         )
-    probes = gr.Dataframe(label="Probe answers: before and after", interactive=False, wrap=True)
     log = gr.Code(label="Log (last lines)", language=None, lines=12)
     with gr.Accordion("Compare runs", open=False):
         to_compare = gr.Dropdown([], multiselect=True, label="Runs to compare (two or more)")
@@ -249,15 +313,17 @@ def build_runs_tab(tab: gr.Tab | None = None) -> tuple[gr.Dropdown, gr.Button]:
         compare_table = gr.Dataframe(label="Recipes side by side (differences first)", interactive=False)
 
     known = gr.State(None)  # run ids seen by the last tick: a new one gets selected
-    outputs = [table, selected, progress, loss_plot, lr_plot, pref_plot, log, probes, stop_btn, resume_btn]
-    outputs.append(known)
+    outputs = [table, selected, progress, loss_plot, lr_plot, pref_plot, log, summary, probes]
+    outputs += [stop_btn, resume_btn, known]
     triggers = [timer.tick, selected.input] + ([tab.select] if tab is not None else [])
     gr.on(triggers, on_refresh, [selected, known], outputs, show_progress="hidden")
-    timer.tick(_offer_evaluate, [selected], [evaluate_btn], show_progress="hidden")
+    timer.tick(_offer_next, [selected], [chat_btn, evaluate_btn], show_progress="hidden")
+    selected.change(_name_of, [selected], [name], show_progress="hidden")
+    gr.on([rename_btn.click, name.submit], on_rename, [selected, name], [name])
     stop_btn.click(on_stop, [selected], None)
     resume_btn.click(on_resume, [selected], None)
     dup_btn.click(on_duplicate, [selected], None)
     delete_btn.click(on_delete, [selected, confirm], [confirm])
     to_compare.focus(lambda: gr.update(choices=[r.run_id for r in runs.list_runs()]), None, [to_compare])
     compare_btn.click(compare, [to_compare], [compare_plot, compare_table])
-    return selected, evaluate_btn
+    return selected, chat_btn, evaluate_btn
