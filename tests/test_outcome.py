@@ -45,7 +45,7 @@ def test_without_a_shared_opening_it_counts_the_changed_answers(tmp_path):
     after = ["Paris.", *BEFORE[1:3], "Au.", BEFORE[4]]
     run = _run(tmp_path, [1.0, 1.01, 1.02], BEFORE, after, evals=[(1, 1.5), (3, 1.9)])
     assert outcome.summarize(run).text == (
-        "loss stayed near 1; held-out loss rose from 1.5 to 1.9; 2 of 5 probe answers changed"
+        "loss stayed near 1.0; held-out loss rose from 1.5 to 1.9; 2 of 5 probe answers changed"
     )
 
 
@@ -119,3 +119,13 @@ def test_a_terminal_run_is_named_from_its_recipe_or_its_chosen_folder(studio_hom
     assert adapters.adapter_title(chosen / "adapter") == "lora1"
     assert adapters.adapter_title(chosen / "checkpoints" / "checkpoint-4") == "lora1 · checkpoint 4"
     assert adapters.learned_from(chosen / "checkpoints" / "checkpoint-4") == "sample:alpaca.jsonl"
+
+
+def test_probe_cards_mark_the_words_that_changed(tmp_path):
+    from studio.ui import runs_tab
+
+    run = _run(tmp_path, [1.0], ["It is Paris.", ""], ["Short answer: Paris.", "Short answer: <b>"])
+    cards = runs_tab.probe_cards(run)
+    assert cards.count("class='probe-card'") == 2
+    assert "<del>It is</del> Paris." in cards and "<mark>Short answer:</mark> Paris." in cards
+    assert "<i>(no answer)</i>" in cards and "<mark>Short answer: &lt;b&gt;</mark>" in cards

@@ -77,7 +77,9 @@ def test_launch_watch_reload_restart_stop_resume(studio_home, page, tmp_path, ap
         assert stopped_at < 200
         page.get_by_role("button", name="Resume", exact=True).click()
         _wait_state(page, ("completed",), min_step=200, timeout=480)
-        probes = page.get_by_text("What is the capital of France?")
-        probes.first.wait_for(timeout=30_000)
+        # probes asked from the held-out split of sample:alpaca.jsonl, shown as cards
+        page.locator("#run-probes .probe-card").first.wait_for(timeout=30_000)
+        assert "Give three tips for staying healthy." not in page.locator("#run-probes").inner_text()
+        assert "What happened: loss" in page.locator("#run-summary").inner_text()
     finally:
         server.kill()

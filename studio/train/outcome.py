@@ -84,7 +84,7 @@ def _ends(rows: list[dict], key: str) -> tuple[float | None, float | None]:
 
 
 def _num(value: float) -> str:
-    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2g}"
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.2g}"
 
 
 def _movement(name: str, start: float, end: float) -> str:
@@ -115,7 +115,7 @@ def describe(metrics: list[dict], probes: dict) -> Outcome:
     if len(evals) >= 2:
         out.parts.append(_movement("held-out loss", out.eval_start, out.eval_end))
     elif evals:
-        out.parts.append(f"held-out loss {_num(out.eval_end)}")
+        out.parts.append(f"held-out loss ended at {_num(out.eval_end)}")
     if out.accuracy is not None:
         out.parts.append(f"the chosen answer scored higher on {out.accuracy:.0%} of the last pairs")
     _describe_probes(out, probes)

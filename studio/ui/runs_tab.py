@@ -65,7 +65,7 @@ def progress_html(info: runs.RunInfo) -> str:
         f"<pre class='studio-error'>{_escape(error)}</pre>" if error and info.state == "failed" else ""
     )
     return (
-        f"<div><b>{info.run_id}</b> — <span class='run-state' data-state='{info.state}' data-step='{step}'>"
+        f"<div><b>{html.escape(info.name)}</b> <small>({info.run_id})</small> — <span class='run-state' data-state='{info.state}' data-step='{step}'>"
         f"{info.state}</span> · {detail}</div>"
         f"<progress max='1' value='{fraction:.3f}' style='width:100%'></progress>{error_html}"
     )
@@ -106,12 +106,15 @@ def probe_cards(run_dir) -> str:
         old = before[i] if i < len(before) else ""
         new = after[i] if i < len(after) else None
         left, right = outcome.word_diff(old, new or "")
-        after_html = _marked(right, "mark") if new is not None else "<i>(answered when training ends)</i>"
+        before_html = _marked(left, "del") or "<i>(no answer)</i>"
+        after_html = _marked(right, "mark") or "<i>(no answer)</i>"
+        if new is None:
+            after_html = "<i>(answered when training ends)</i>"
         cards.append(
             f"<div class='probe-card' style='{CARD}'><div><b>{html.escape(prompt)}</b></div>"
             f"<div style='display:flex;gap:12px;margin-top:6px'>"
             f"<div class='probe-before' style='{SIDE};background:#f9fafb'><small>before (base)</small><br>"
-            f"{_marked(left, 'del')}</div>"
+            f"{before_html}</div>"
             f"<div class='probe-after' style='{SIDE};background:#f0fdf4'><small>after (tuned)</small><br>"
             f"{after_html}</div></div></div>"
         )
@@ -140,20 +143,22 @@ def on_refresh(run_id: str | None, known: list[str] | None):
     labelled = list(zip(table["name"], choices, strict=True))
     new = [r for r in choices if known is not None and r not in known]
     # Otherwise only an empty selection is filled in: rewriting it every tick would race the user.
-    picker = gr.update(choices=labelled)
+    picker, name = gr.update(choices=labelled), gr.update()  # the name box is the user's while typing
     if (new or not run_id) and choices:
         run_id = new[0] if new else choices[0]
         picker = gr.update(choices=labelled, value=run_id)
+        name = _name_of(run_id)
     if not run_id or run_id not in choices:
         empty = _plot([], LOSS_KEYS)
         off = gr.update(interactive=False)
-        return table, picker, "No run selected.", empty, empty, empty, "", "", "", off, off, choices
+        return table, picker, "", "No run selected.", empty, empty, empty, "", "", "", off, off, choices
     info = runs.get(run_id)
     rows = rundir.follow_metrics(info.path)
     can_stop, can_resume = ACTIONS.get(info.state, (False, False))
     return (
         table,
         picker,
+        name,
         progress_html(info),
         _plot(rows, LOSS_KEYS),
         _plot(rows, ["learning_rate"]),
@@ -263,7 +268,9 @@ def build_runs_tab(tab: gr.Tab | None = None) -> tuple[gr.Dropdown, gr.Button, g
     """The tab; returns the run picker, "Chat with it" and "Evaluate" (the app wires them to the
     Chat and Evaluate tabs). `tab`: the Runs tab, so that showing it refreshes the view at once."""
     timer = gr.Timer(POLL_S)
-    table = gr.Dataframe(headers=TABLE_COLUMNS, label="Runs", interactive=False, wrap=True)
+    table = gr.Dataframe(
+        headers=TABLE_COLUMNS, label="Runs", interactive=False, wrap=True, elem_id="runs-table"
+    )
     with gr.Row():
         selected = gr.Dropdown([], label="Run", scale=3, allow_custom_value=False)
         stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False)
@@ -313,12 +320,12 @@ def build_runs_tab(tab: gr.Tab | None = None) -> tuple[gr.Dropdown, gr.Button, g
         compare_table = gr.Dataframe(label="Recipes side by side (differences first)", interactive=False)
 
     known = gr.State(None)  # run ids seen by the last tick: a new one gets selected
-    outputs = [table, selected, progress, loss_plot, lr_plot, pref_plot, log, summary, probes]
+    outputs = [table, selected, name, progress, loss_plot, lr_plot, pref_plot, log, summary, probes]
     outputs += [stop_btn, resume_btn, known]
     triggers = [timer.tick, selected.input] + ([tab.select] if tab is not None else [])
     gr.on(triggers, on_refresh, [selected, known], outputs, show_progress="hidden")
     timer.tick(_offer_next, [selected], [chat_btn, evaluate_btn], show_progress="hidden")
-    selected.change(_name_of, [selected], [name], show_progress="hidden")
+    selected.input(_name_of, [selected], [name], show_progress="hidden")
     gr.on([rename_btn.click, name.submit], on_rename, [selected, name], [name])
     stop_btn.click(on_stop, [selected], None)
     resume_btn.click(on_resume, [selected], None)
