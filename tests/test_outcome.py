@@ -25,7 +25,7 @@ BEFORE = ["The capital is Paris.", "It is 4.", "Jupiter is.", "Gold is Au.", "Se
 
 def _run(tmp_path, losses, before, after, opening="", evals=()):
     run = tmp_path / "run"
-    run.mkdir()
+    run.mkdir(parents=True)
     for step, loss in enumerate(losses, 1):
         rundir.append_metrics(run, {"step": step, "loss": loss})
     for step, value in evals:
@@ -129,3 +129,15 @@ def test_probe_cards_mark_the_words_that_changed(tmp_path):
     assert cards.count("class='probe-card'") == 2
     assert "<del>It is</del> Paris." in cards and "<mark>Short answer:</mark> Paris." in cards
     assert "<i>(no answer)</i>" in cards and "<mark>Short answer: &lt;b&gt;</mark>" in cards
+
+
+def test_the_command_line_renames_and_sums_up_a_run(studio_home, capsys):
+    from studio import cli
+
+    run = _run(studio_home / "runs", [2.0, 0.5], BEFORE, AFTER, "Short answer:")
+    assert cli.main(["runs", "rename", run.name, "short answers v1"]) == 0
+    assert cli.main(["runs", "summary", run.name]) == 0
+    out = capsys.readouterr().out
+    assert "renamed run: short answers v1" in out
+    assert "loss fell from 2.0 to 0.5; answers now open with 'Short answer:' on 5 of 5 probes" in out
+    assert cli.main(["runs", "rename", run.name, " "]) == 1

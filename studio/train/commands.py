@@ -56,9 +56,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _register_runs(sub: argparse._SubParsersAction) -> None:
-    runs = sub.add_parser("runs", help="list, queue, stop, resume, duplicate or delete runs (the Runs tab)")
+    runs = sub.add_parser(
+        "runs", help="list, queue, stop, resume, duplicate, rename, sum up or delete runs (the Runs tab)"
+    )
     actions = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
-    actions.add_parser("list", help="every run, newest first: id, state, step, method, model, data")
+    actions.add_parser("list", help="every run, newest first: id, name, state, step, method, model, data")
+    rename = actions.add_parser("rename", help="give a run a new name (its id and folder stay)")
+    rename.add_argument("run_id")
+    rename.add_argument("name")
     submit = actions.add_parser("submit", help="queue a recipe as a new run and start it in the background")
     submit.add_argument("recipe")
     _add_sets(submit)
@@ -68,6 +73,7 @@ def _register_runs(sub: argparse._SubParsersAction) -> None:
         ("resume", "continue a stopped or failed run (from step 0 if it stopped before a checkpoint)"),
         ("duplicate", "queue a new run with the same recipe and settings"),
         ("delete", "delete a finished run's folder"),
+        ("summary", "what a run did, in words: its loss and how its probe answers changed"),
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("run_id")
@@ -84,8 +90,17 @@ def _runs(args: argparse.Namespace) -> int:
             for info in runs.list_runs():
                 step = f"{info.status.get('step', 0)}/{info.status.get('max_steps', '?')}"
                 print(
-                    f"{info.run_id}  {info.state:<9} {step:>9}  {info.method}  {info.model}  {info.dataset}"
+                    f"{info.run_id}  {info.name}  {info.state:<9} {step:>9}  {info.method}  {info.model}  "
+                    f"{info.dataset}"
                 )
+            return 0
+        if args.runs_command == "rename":
+            print(f"renamed {args.run_id}: {runs.rename(args.run_id, args.name)}")
+            return 0
+        if args.runs_command == "summary":
+            from studio.train import outcome
+
+            print(outcome.summarize(runs.get(args.run_id).path).text)
             return 0
         if args.runs_command == "submit":
             from studio.train import recipes
