@@ -57,6 +57,16 @@ def test_an_opening_no_probe_took_up_and_an_unanswered_run(tmp_path):
     assert outcome.describe([], {"prompts": ["q"], "before": ["a"], "after": []}).text == "no loss logged yet"
 
 
+def test_a_preference_run_says_how_often_the_chosen_answer_won():
+    rows = [
+        {"step": 1, "loss": 0.69, "rewards/accuracies": 0.5},
+        {"step": 2, "loss": 0.5, "rewards/accuracies": 0.75},
+    ]
+    assert outcome.describe(rows, {}).text == (
+        "loss fell from 0.69 to 0.5; the chosen answer scored higher on 75% of the last pairs"
+    )
+
+
 def test_answer_opening_needs_most_answers_and_more_than_a_common_word():
     assert (
         outcome.answer_opening(["Short answer: 1", "Short answer: 2", "Short answer: 3", "No."])
