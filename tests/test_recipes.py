@@ -269,15 +269,26 @@ def test_preflight_unknown_model(sft_file):
 
 def test_train_tab_has_one_widget_per_recipe_field():
     """Every editable recipe field (top-level ones like `backend` too) gets exactly one widget, in
-    order, so widget values line up with fields when the tab builds `--set` overrides."""
+    order, labelled in plain words with its dotted key in the hint, so widget values line up with
+    fields when the tab builds `--set` overrides."""
     import gradio as gr
 
-    from studio.ui import train_tab
+    from studio.train import fieldlabels
+    from studio.ui import train_recipe, train_tab
 
+    assert set(fieldlabels.LABELS) == {doc.key for doc in recipes.field_docs()}
     with gr.Blocks() as demo:
         train_tab.build_train_tab()
-    labels = [c.label for c in demo.blocks.values() if isinstance(c, gr.components.Component) and c.label]
-    for doc in train_tab.editable_docs():
-        assert labels.count(doc.key.split(".", 1)[-1]) >= 1, doc.key
-    values = train_tab.on_recipe("recipes/qlora_sft.yaml")
-    assert train_tab.build_sets("recipes/qlora_sft.yaml", "default", "sample:alpaca.jsonl", values) == []
+    shown = [
+        (c.label, c.info) for c in demo.blocks.values() if isinstance(c, gr.components.Component) and c.label
+    ]
+    for doc in train_recipe.editable_docs():
+        assert doc.label and (doc.label, train_recipe.widget_info(doc)) in [
+            (label, (info or "").removesuffix(" (one per line)")) for label, info in shown
+        ], doc.key
+        assert f"[{doc.key}]" in train_recipe.widget_info(doc)
+    values = train_recipe.on_recipe("recipes/qlora_sft.yaml")
+    assert values[-1]["open"] is True  # a 4-bit recipe shows its 4-bit section
+    assert (
+        train_recipe.build_sets("recipes/qlora_sft.yaml", "default", "sample:alpaca.jsonl", values[:-1]) == []
+    )

@@ -99,7 +99,8 @@ def test_search_details_download_then_train(online_app, page, studio_home):
     page.get_by_role("tab", name="Train", exact=True).click()
     page.locator("#train-model input").fill(MODEL)
     page.locator("#train-model input").press("Enter")
-    page.get_by_label("max_steps", exact=True).fill("3")
+    page.get_by_text("Advanced: every setting of the recipe").click()  # the recipe field by field
+    page.get_by_label("Training length (steps)", exact=True).fill("3")
     page.get_by_role("button", name="Check recipe", exact=True).click()
     page.get_by_text("Memory:", exact=False).first.wait_for(timeout=60_000)
     assert f'model="{MODEL}"' in page.locator("#train-command .cm-content").inner_text()

@@ -46,8 +46,9 @@ def test_launch_watch_reload_restart_stop_resume(studio_home, page, tmp_path, ap
         page.goto(server.url)
         page.get_by_role("tab", name="Train", exact=True).click()
         page.locator("#train-model input").fill(str(small))
-        page.get_by_label("max_steps", exact=True).fill("200")
-        page.get_by_label("save_steps", exact=True).fill("20")
+        page.get_by_text("Advanced: every setting of the recipe").click()  # the recipe field by field
+        page.get_by_label("Training length (steps)", exact=True).fill("200")
+        page.get_by_label("Save progress every N steps", exact=True).fill("20")
         page.get_by_role("button", name="Check recipe", exact=True).click()
         page.get_by_text("No problems found").or_(page.get_by_text("⚠").first).wait_for(timeout=60_000)
         command = page.locator("#train-command .cm-content").inner_text()

@@ -38,6 +38,7 @@ class Facts:
     goal: str = "style"
     budget: str = "quick"
     step_seconds: float | None = None  # measured by a warm-up; None: not measured yet
+    overhead_seconds: float = 0.0  # measured too: loading and the test questions, once per run
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ def _gb(n: float) -> str:
 
 
 def _size(n_params: int) -> str:
-    return f"{n_params / 1e9:.1f}B" if n_params >= 1e9 else f"{n_params / 1e6:.0f}M"
+    if n_params >= 1e9:
+        return f"{n_params / 1e9:.1f}B"
+    return f"{n_params / 1e6:.0f}M" if n_params >= 1e6 else f"{n_params / 1e3:.0f}k-parameter"
 
 
 def choose(facts: Facts) -> Plan:
@@ -99,7 +102,7 @@ def choose(facts: Facts) -> Plan:
         Choice("Check on held-out examples", "data.eval_split", _eval_split(facts), _eval_reason(facts))
     )
     if facts.step_seconds:
-        plan.seconds = steps * facts.step_seconds
+        plan.seconds = facts.overhead_seconds + steps * facts.step_seconds
     return plan
 
 
@@ -208,10 +211,14 @@ def _steps(facts: Facts, plan: Plan) -> tuple[int, Choice]:
     steps = per_epoch * epochs
     reason = f"{steps} steps: {epochs} passes over your {train_rows} training examples"
     if facts.step_seconds:
-        fits = max(10, int(BUDGETS[facts.budget] / facts.step_seconds))  # the budget wins
+        training_s = max(0.0, BUDGETS[facts.budget] - facts.overhead_seconds)
+        fits = max(10, int(training_s / facts.step_seconds))  # the budget wins
         if fits < steps:
             steps = fits
-            reason = f"{steps} steps: as many passes as fit the {facts.budget} budget on this machine"
+            reason = (
+                f"{steps} steps: as many passes as fit the {facts.budget} budget on this machine "
+                f"({facts.step_seconds:.2g} s a step, measured)"
+            )
     return steps, Choice("Training length", "training.max_steps", steps, reason)
 
 

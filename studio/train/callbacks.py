@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from studio import rundir
+from studio.train import pace
 
 _SUMMARY_KEY = "train_loss"  # only the end-of-training summary has it
 _NOISE = ("train_runtime", "train_tokens_per_second", "num_input_tokens_seen")  # cumulative, and per-method
@@ -112,6 +113,7 @@ class RunCallback(TrainerCallback):
         self._last_tokens = 0
         self._last_time = time.monotonic()
         self._last_status = 0.0
+        self.clock = pace.StepClock()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_tokens = self._tokens()
@@ -125,9 +127,15 @@ class RunCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         now = time.monotonic()
+        self.clock.step_ended(state.global_step, now)
         if self.is_main and now - self._last_status > 2.0:
             self._last_status = now
-            rundir.update_status(self.run_dir, step=state.global_step, max_steps=state.max_steps)
+            self._status(state)
+
+    def _status(self, state) -> None:
+        """Step, total and the pace of the recent steps (so readers can say the time left)."""
+        fields = self.clock.status_fields(state.global_step, state.max_steps)
+        rundir.update_status(self.run_dir, step=state.global_step, max_steps=state.max_steps, **fields)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
@@ -162,9 +170,29 @@ class RunCallback(TrainerCallback):
             row["tokens_per_second"] = round((tokens - self._last_tokens) / (now - self._last_time), 2)
             self._last_tokens, self._last_time = tokens, now
         rundir.append_metrics(self.run_dir, _finite_json(row))
-        rundir.update_status(self.run_dir, step=state.global_step, max_steps=state.max_steps)
+        self._status(state)
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in ("time",))
         print(f"[studio] {shown}", flush=True)
+
+
+class StepTimer(TrainerCallback):
+    """Wall seconds of each optimizer step for a timed warm-up: the first from its beginning to its
+    end (it holds the warm-up), the others from one step's end to the next, so the logging,
+    evaluation and saving that follow a step count as they will in the real run."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.first_step_at: float | None = None  # monotonic time the first step began
+        self._last_end: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.first_step_at is None:
+            self.first_step_at = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.monotonic()
+        self.seconds.append(now - (self._last_end if self._last_end is not None else self.first_step_at))
+        self._last_end = now
 
 
 def _number(value) -> bool:

@@ -41,6 +41,13 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue from the last checkpoint in --run-dir (from step 0 when it has none)",
     )
+    train.add_argument(
+        "--time-steps",
+        type=int,
+        metavar="N",
+        help="time N training steps (after one warm-up step) on the real model and data, print "
+        "the seconds of each as JSON and exit without saving anything",
+    )
     train.set_defaults(handler=_train)
 
 
@@ -52,6 +59,14 @@ def _train(args: argparse.Namespace) -> int:
     logging.getLogger("bitsandbytes.backends.cpu").setLevel(logging.ERROR)
     from studio.train import run
 
+    if args.time_steps is not None:
+        if args.time_steps < 1 or args.run_dir or args.resume:
+            print(
+                "error: --time-steps needs a number of steps >= 1, and no --run-dir or --resume",
+                file=sys.stderr,
+            )
+            return 2
+        return run.time_steps(args.recipe, args.sets, args.time_steps)
     return run.main(args.recipe, sets=args.sets, run_dir=args.run_dir, resume=args.resume)
 
 
@@ -179,15 +194,26 @@ def _register_tune(sub: argparse._SubParsersAction) -> None:
         "thumbs up/down (KTO)",
     )
     tune.add_argument("--budget", default="quick", choices=("quick", "balanced", "thorough"))
+    tune.add_argument(
+        "--measure",
+        action="store_true",
+        help="time a few training steps on this machine first (~1 min): the steps fit the budget "
+        "and the time is printed",
+    )
     tune.add_argument("--dry-run", action="store_true", help="print the choices, queue nothing")
     tune.set_defaults(handler=_tune)
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from studio.train import runs, tune
+    from studio.train import autotune, runs, tune
 
     try:
-        plan = tune.plan(args.dataset, args.model, args.goal, args.budget)
+        facts = tune.facts(args.dataset, args.model, args.goal, args.budget)
+        if args.measure:
+            print("Timing a few training steps on this machine…", flush=True)
+            plan, timing = tune.timed(facts, args.dataset, args.model)
+        else:
+            plan, timing = autotune.choose(facts), None
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -195,6 +221,10 @@ def _tune(args: argparse.Namespace) -> int:
     for choice in plan.choices:
         hint = f" [{choice.field}={choice.value}]" if choice.field else ""
         print(f"- {choice.label}: {choice.reason}{hint}")
+    if timing is not None:
+        print(f"Time: {timing.words(plan.steps)}")
+        if timing.busy:
+            print(f"Note: {timing.busy}")
     if args.dry_run:
         return 0
     run_id = runs.submit(plan.recipe, tune.sets_for(plan, args.dataset, args.model), plan.method)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from studio.train import fieldlabels
+
 METHODS = ("sft", "dpo", "simpo", "orpo", "kto")
 AUTO = "auto"
 AutoBool = bool | typing.Literal["auto"]  # true, false, or "auto": decided against the machine at run time
@@ -174,7 +176,8 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Recipe) if dataclasses.is_da
 
 @dataclass(frozen=True)
 class FieldDoc:
-    """One recipe field as documentation: dotted key, type, default, help, allowed values."""
+    """One recipe field as documentation: dotted key, type, default, help, allowed values, and the
+    plain-words label the UI shows (studio.train.fieldlabels; the key stays visible as a hint)."""
 
     key: str
     type: str
@@ -182,6 +185,7 @@ class FieldDoc:
     help: str
     choices: tuple | None
     auto: bool = False  # true, false or "auto" (see `decide`)
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -220,9 +224,8 @@ def _doc(key: str, f: dataclasses.Field, hint, instance) -> FieldDoc:
     auto = hint == AutoBool
     if auto:
         type_name = "bool | auto"
-    return FieldDoc(
-        key, type_name, getattr(instance, name), f.metadata["help"], f.metadata.get("choices"), auto
-    )
+    help_, choices = f.metadata["help"], f.metadata.get("choices")
+    return FieldDoc(key, type_name, getattr(instance, name), help_, choices, auto, fieldlabels.LABELS[key])
 
 
 def decide(value: bool | str, when_auto: typing.Callable[[], bool]) -> bool:

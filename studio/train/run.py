@@ -295,6 +295,55 @@ def answer(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[st
     return answers
 
 
+# ---------------------------------------------------------------- timed warm-up
+
+
+TIMING_MARK = "[studio] timing "  # the line `python -m studio train --time-steps` ends with
+
+
+def time_steps(recipe_path: str, sets: list[str] | None, steps: int) -> int:
+    """`python -m studio train --time-steps N`: train N+1 steps on the real model and data in a
+    throwaway folder, print each step's seconds, how long loading took and how long one probe
+    answer takes, as one JSON line after TIMING_MARK; save nothing. 0 timed, 2 refused."""
+    import json
+    import tempfile
+    import time
+
+    import psutil
+
+    quiet_libraries()
+    try:
+        recipe = recipes.load(recipe_path, sets or [])
+    except ValueError as exc:
+        return _refuse(None, str(exc), True)
+    errors = [p for p in preflight.preflight(recipe) if p.severity == "error"]
+    if errors:
+        return _refuse(None, "\n".join(str(p) for p in errors), True)
+    recipe.training.max_steps = steps + 1  # the first step warms up and is not counted
+    recipe.training.save_steps = steps + 2  # no checkpoint
+    with tempfile.TemporaryDirectory(prefix="studio-timing-") as tmp:
+        timer = callbacks.StepTimer()
+        watcher = callbacks.RunCallback(Path(tmp), StopFlag(), is_main=True)  # its cost is part of a step
+        trainer, tokenizer, _ = prepare(recipe, Path(tmp), [watcher, timer])
+        watcher.counter = trainer.data_collator = callbacks.TokenCounter(trainer.data_collator)
+        trainer.train()
+        probe_s = 0.0
+        if recipe.probes.prompts:
+            began = time.monotonic()
+            answer(trainer.model, tokenizer, recipe.probes.prompts[:1], recipe.probes.max_new_tokens)
+            probe_s = time.monotonic() - began
+    started = psutil.Process().create_time()
+    first_step_wall = time.time() - (time.monotonic() - (timer.first_step_at or time.monotonic()))
+    timing = {
+        "step_seconds": [round(s, 4) for s in timer.seconds],
+        "load_seconds": round(first_step_wall - started, 2),
+        "probe_seconds": round(probe_s, 2),
+        "probes": len(recipe.probes.prompts),
+    }
+    print(TIMING_MARK + json.dumps(timing), flush=True)
+    return 0
+
+
 # ---------------------------------------------------------------- entrypoint
 
 

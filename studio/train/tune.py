@@ -1,15 +1,20 @@
 """The facts behind the guided path's choices, measured on this machine: the model's size (from its
 config), the device's free memory, the dataset's rows and token lengths. `plan()` hands them to
-studio.train.autotune.choose, which the `tune` command and the Train tab's guided view share.
+studio.train.autotune.choose, which the `tune` command and the Train tab's guided view share;
+`timed()` adds the seconds a step takes here, measured by a short warm-up (studio.train.warmup),
+so the plan fits its time budget and says how long it will take.
 
-Loads a tokenizer, never a model's weights; must not know about Gradio or argparse.
+Loads a tokenizer, never a model's weights (the warm-up loads them in its own process); must not
+know about Gradio or argparse.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from studio import models
 from studio.data import check, stats, store
-from studio.train import autotune, memory
+from studio.train import autotune, memory, warmup
 
 MEASURE_ROWS = 2000  # token lengths of the first rows are enough for a percentile
 
@@ -51,3 +56,14 @@ def plan(dataset: str, model: str = "default", goal: str = "style", budget: str 
 def sets_for(plan_: autotune.Plan, dataset: str, model: str) -> list[str]:
     """The `--set` overrides that turn the plan's recipe file into this run's recipe."""
     return [f"model={model}", f"dataset={dataset}", *plan_.sets()]
+
+
+def timed(facts_: autotune.Facts, dataset: str, model: str) -> tuple[autotune.Plan, warmup.Timing]:
+    """Time a few steps of the plan's recipe on this machine, then plan again at that pace: the
+    budget caps the steps and the plan says how long it takes. Raises ValueError when it cannot train."""
+    first = autotune.choose(facts_)
+    timing = warmup.measure(first.recipe, sets_for(first, dataset, model))
+    paced = dataclasses.replace(
+        facts_, step_seconds=timing.per_step, overhead_seconds=timing.overhead_seconds
+    )
+    return autotune.choose(paced), timing

@@ -1,228 +1,83 @@
-"""Train tab: choose data, model, method and recipe; edit the recipe's fields as typed widgets
-(help text from the recipe dataclasses); see preflight problems, the memory estimate and the exact
-command; launch into the run queue.
+"""Train tab: the guided view first (data, model, goal, time budget -> the studio's choices with
+their reasons, a measured time estimate, Start training, the run's progress), and "Advanced", the
+recipe field by field (plain labels, technical names as hints), with its checks, memory estimate,
+command and cluster export right under the buttons that make them.
 
-Widgets are made from `recipes.field_docs()`, one per field, in field order; what the user
-changed relative to the recipe file becomes `--set key=value`, so the launched command is exactly
-the one shown to copy.
+Both views edit one recipe: the plan fills the editor's widgets and "Start training" launches
+what the editor holds. Handlers live in studio.ui.train_guided and studio.ui.train_recipe.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
-import shutil
-from pathlib import Path
+from dataclasses import dataclass
 
 import gradio as gr
 
-from studio import models, workspace
+from studio import models
 from studio.data import store
-from studio.train import cluster, memory, preflight, recipes, runs
-from studio.ui import common
+from studio.train import cluster, recipes
+from studio.ui import common, train_guided, train_recipe
+from studio.ui.train_recipe import editable_docs  # noqa: F401 - the tab's fields, for tests
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
-TOP_KEYS = ("method", "model", "dataset")  # chosen at the top of the tab
-DEVICE_KEY = "training.num_processes"
-
-RANK_GUIDE = """**LoRA rank (r)**: 8 quick experiments · 16 most tasks · 32 complex tasks · 64 maximum
-adaptation · 128+ close to a full fine-tune. Set **alpha ≈ 2 × r**."""
+RANK_GUIDE = """**Adapter size (LoRA rank r)**: 8 quick experiments · 16 most tasks · 32 complex tasks ·
+64 maximum adaptation · 128+ close to a full fine-tune. Set **strength (alpha) ≈ 2 × size**."""
 METHOD_GUIDE = """**Preference methods**: **DPO** keeps a reference model, the proven baseline ·
 **SimPO** needs no reference model, often the best quality · **ORPO** trains SFT and preference in
 one pass, the lowest memory · **KTO** learns from thumbs-up / thumbs-down examples, no pairs needed."""
+START_RECIPE = "recipes/qlora_sft.yaml"
 
 
-def recipe_files() -> list[str]:
-    return sorted(str(p.relative_to(RECIPES_DIR.parent)) for p in RECIPES_DIR.glob("*.yaml"))
+@dataclass
+class Editor:
+    """The Advanced view's widgets that other parts of the tab read or fill."""
+
+    method: gr.Dropdown
+    recipe: gr.Dropdown
+    devices: gr.Number
+    widgets: list
+    quant_box: gr.Accordion
+    changed: gr.Markdown
+
+    def filled(self) -> list:
+        """What a plan fills: method, recipe, every field, the 4-bit section."""
+        return [self.method, self.recipe, *self.widgets, self.quant_box]
 
 
-def recipes_for(method: str) -> list[str]:
-    return [path for path in recipe_files() if recipes.load(RECIPES_DIR.parent / path).method == method]
-
-
-def editable_docs() -> list[recipes.FieldDoc]:
-    return [d for d in recipes.field_docs() if d.key not in TOP_KEYS and d.key != DEVICE_KEY]
-
-
-def _flat(recipe: recipes.Recipe) -> dict:
-    data = recipes.to_dict(recipe)
-    return {
-        d.key: data[d.key.split(".")[0]][d.key.split(".")[1]] if "." in d.key else data[d.key]
-        for d in recipes.field_docs()
-    }
-
-
-def _widget(doc: recipes.FieldDoc, value):
-    """One widget for one recipe field, typed after the field (never a Textbox parsed later)."""
-    label = doc.key.split(".", 1)[-1]
-    if doc.auto:
-        return gr.Dropdown([recipes.AUTO, "true", "false"], value=value, label=label, info=doc.help)
-    if doc.choices:
-        return gr.Dropdown(
-            ["" if c is None else c for c in doc.choices], value=value, label=label, info=doc.help
-        )
-    if doc.type == "bool":
-        return gr.Checkbox(value=value, label=label, info=doc.help)
-    if doc.type.startswith("list"):
-        return gr.Textbox(value=value, label=label, info=doc.help + " (one per line)", lines=2)
-    if "int" in doc.type and "float" not in doc.type:
-        return gr.Number(value=value, label=label, info=doc.help, precision=0)
-    if "float" in doc.type:
-        return gr.Number(value=value, label=label, info=doc.help)
-    return gr.Textbox(value=value, label=label, info=doc.help)
-
-
-def _to_widget(doc: recipes.FieldDoc, value):
-    if doc.auto:
-        return value if value == recipes.AUTO else str(bool(value)).lower()
-    if doc.type.startswith("list"):
-        return "\n".join(value or [])
-    return "" if value is None and (doc.choices or doc.type == "str | None") else value
-
-
-def _from_widget(doc: recipes.FieldDoc, value):
-    """Widget value -> the recipe's typed value (None for an empty optional)."""
-    if doc.auto:
-        return value if value == recipes.AUTO else value == "true"
-    if doc.type.startswith("list"):
-        return [line.strip() for line in (value or "").splitlines() if line.strip()]
-    if value in ("", None):
-        return None
-    if value == 0 and doc.type.endswith("| None"):  # 0 means off / all for optional numbers
-        return None
-    if "int" in doc.type and "float" not in doc.type:
-        return int(value)
-    if "float" in doc.type and "int" not in doc.type:
-        return float(value)
-    return value
-
-
-def _set_item(key: str, value) -> str:
-    """`key=value` whose value YAML reads back as the same type (strings quoted)."""
-    if value is None:
-        return f"{key}="
-    if isinstance(value, bool):
-        return f"{key}={str(value).lower()}"
-    if isinstance(value, str | list):
-        return f"{key}={json.dumps(value, ensure_ascii=False)}"
-    return f"{key}={value}"
-
-
-def build_sets(recipe_path: str, model: str, dataset: str, values: list) -> list[str]:
-    """The `--set` overrides that turn the recipe file into what the widgets show."""
-    base = _flat(recipes.load(RECIPES_DIR.parent / recipe_path))
-    sets = [_set_item(k, v) for k, v in (("model", model), ("dataset", dataset)) if v and v != base[k]]
-    for doc, raw in zip(editable_docs(), values, strict=True):
-        value = _from_widget(doc, raw)
-        if value != base[doc.key]:
-            sets.append(_set_item(doc.key, value))
-    return sets
-
-
-def command_text(recipe_path: str, sets: list[str], devices: int) -> str:
-    argv = runs.train_command(recipe_path, sets, Path("RUN_DIR"), int(devices or 1))
-    head = ["accelerate", "launch"] if argv[1:3] == ["-m", "accelerate.commands.launch"] else ["python"]
-    argv = head + argv[3 if head[0] == "accelerate" else 1 :]
-    text = shlex.join(argv)
-    return text.replace("--run-dir RUN_DIR", "").strip()
-
-
-def on_recipe(recipe_path: str):
-    """Fill every widget from the recipe file."""
-    recipe = recipes.load(RECIPES_DIR.parent / recipe_path)
-    flat = _flat(recipe)
-    return [_to_widget(doc, flat[doc.key]) for doc in editable_docs()]
-
-
-def on_method(method: str):
-    choices = recipes_for(method)
-    return gr.update(choices=choices, value=choices[0] if choices else None)
-
-
-def on_check(recipe_path, model, dataset, devices, *values):
-    """Preflight + memory estimate + command, without loading any weights."""
-    try:
-        sets = build_sets(recipe_path, model, dataset, list(values))
-        recipe = recipes.load(RECIPES_DIR.parent / recipe_path, sets)
-        problems = preflight.preflight(recipe)
-    except (ValueError, OSError) as exc:
-        return f"❌ {exc}", "", ""
-    lines = [
-        f"{'❌' if p.severity == 'error' else '⚠' if p.severity == 'warning' else 'ℹ'} **{p.field}**: "
-        f"{p.message} — {p.fix}"
-        for p in problems
-    ]
-    report = "\n".join(f"- {line}" for line in lines) or "✅ No problems found."
-    return report, memory_text(recipe), command_text(recipe_path, sets, devices)
-
-
-def memory_text(recipe: recipes.Recipe) -> str:
-    try:
-        estimate = memory.estimate_memory(models.info(recipe.model), recipe)
-    except (ValueError, OSError) as exc:
-        return f"Memory estimate unavailable: {exc}"
-    icon = {"fits": "🟢", "tight": "🟡", "will not fit": "🔴"}.get(estimate.verdict, "⚪")
-    notes = "\n".join(f"- {a}" for a in estimate.assumptions)
-    return f"{icon} **Memory: {estimate.verdict}** — {estimate.summary()}\n\n<small>Assumptions:\n{notes}</small>"
-
-
-def on_launch(recipe_path, model, dataset, devices, *values):
-    try:
-        sets = build_sets(recipe_path, model, dataset, list(values))
-        recipe = recipes.load(RECIPES_DIR.parent / recipe_path, sets)
-        errors = [p for p in preflight.preflight(recipe) if p.severity == "error"]
-        if errors:
-            raise ValueError("fix these first: " + "; ".join(str(p) for p in errors))
-        run_id = runs.submit(recipe_path, sets, recipe.method, int(devices or 1))
-        runs.schedule()  # start it now if nothing else is training, not at the next scheduler tick
-    except (ValueError, OSError) as exc:
-        return f"**Not launched.** {exc}"
-    state = runs.get(run_id).state
-    return f"Run **{run_id}** is {state}. Follow it in the Runs tab."
-
-
-def on_cluster(recipe_path, model, dataset, nodes, gpus, strategy, job_name, *values):
-    """Write the multi-node accelerate config, SLURM script and torchrun command for this recipe."""
-    try:
-        sets = build_sets(recipe_path, model, dataset, list(values))
-        recipes.load(RECIPES_DIR.parent / recipe_path, sets)  # a bad recipe fails here, not on the cluster
-        job = cluster.ClusterJob(
-            recipe=recipe_path,
-            job_name=job_name.strip(),
-            nodes=int(nodes),
-            gpus_per_node=int(gpus),
-            strategy=strategy,
-            sets=tuple(sets),
-        )
-        out = workspace.exports_dir() / f"cluster-{workspace.check_name(job.job_name, 'job name')}"
-        files = cluster.write_bundle(out, job)
-        torchrun = (
-            cluster.torchrun_command(job)
-            if strategy == "ddp"
-            else "(torchrun: ddp only; use the SLURM script)"
-        )
-    except ValueError as exc:
-        return f"**Not exported.** {exc}", "", "", "", None
-    zip_path = shutil.make_archive(str(out), "zip", out)
-    note = f"Wrote {len(files)} files to `{out}`: " + ", ".join(f"`{f.name}`" for f in files)
-    return note, cluster.accelerate_config(job), cluster.slurm_script(job), torchrun, zip_path
+def _datasets() -> list[str]:
+    return [e.name for e in store.list_saved()] + store.list_samples()
 
 
 def on_show():
     """The tab is shown: list the datasets and models saved since the page was built."""
-    datasets = [e.name for e in store.list_saved()] + store.list_samples()
-    return gr.update(choices=datasets), gr.update(choices=models.local_specs())
+    return gr.update(choices=_datasets()), gr.update(choices=models.local_specs())
 
 
-def build_train_tab(tab: gr.Tab | None = None) -> None:
-    """`tab`: the Train tab, so that showing it lists the datasets and models saved meanwhile."""
-    datasets = [e.name for e in store.list_saved()] + store.list_samples()
-    initial = on_recipe("recipes/qlora_sft.yaml")
+def _widget(doc: recipes.FieldDoc, value):
+    """One widget for one recipe field, typed after the field (never a Textbox parsed later)."""
+    kw = dict(label=doc.label, info=train_recipe.widget_info(doc))
+    if doc.auto:
+        return gr.Dropdown([recipes.AUTO, "true", "false"], value=value, **kw)
+    if doc.choices:
+        return gr.Dropdown(["" if c is None else c for c in doc.choices], value=value, **kw)
+    if doc.type == "bool":
+        return gr.Checkbox(value=value, **kw)
+    if doc.type.startswith("list"):
+        return gr.Textbox(value=value, label=doc.label, info=kw["info"] + " (one per line)", lines=2)
+    if "int" in doc.type and "float" not in doc.type:
+        return gr.Number(value=value, precision=0, **kw)
+    if "float" in doc.type:
+        return gr.Number(value=value, **kw)
+    return gr.Textbox(value=value, **kw)
+
+
+def _build_pickers() -> tuple[gr.Dropdown, gr.Dropdown]:
+    datasets = _datasets()
     with gr.Row():
         dataset = gr.Dropdown(
             datasets,
             value="sample:alpaca.jsonl" if "sample:alpaca.jsonl" in datasets else None,
-            label="Dataset",
+            label="Data to learn from",
+            info="a dataset saved in the Data tab (a Hub dataset too, once saved there) or a sample",
             scale=2,
             elem_id="train-dataset",
         )
@@ -235,32 +90,74 @@ def build_train_tab(tab: gr.Tab | None = None) -> None:
             scale=2,
             info="'default' (embedded SmolLM2-135M-Instruct) and the models on this machine; or type a local folder or any Hub id (search in the Models tab)",
         )
-        method = gr.Dropdown(list(recipes.METHODS), value="sft", label="Method", scale=1)
-        recipe = gr.Dropdown(recipes_for("sft"), value="recipes/qlora_sft.yaml", label="Recipe", scale=2)
+    find_model = gr.Button("Search the Hub for a model…", size="sm")
+    find_model.click(None, js=common.OPEN_MODELS_TAB)
+    model.focus(lambda: gr.update(choices=models.local_specs()), None, model)
+    return dataset, model
+
+
+def _build_sections(initial: list) -> tuple[list, gr.Accordion]:
+    """One accordion per recipe section, in plain words; the 4-bit one open for a 4-bit recipe."""
+    widgets, quant_box = [], None
+    docs = list(zip(editable_docs(), initial, strict=True))
+    open_ = {"lora", "training"} | (
+        {"quantization"} if train_recipe.load(START_RECIPE).quantization.load_in_4bit else set()
+    )
+    for section in dict.fromkeys(doc.key.split(".", 1)[0] for doc, _ in docs):
+        fields = [(doc, value) for doc, value in docs if doc.key.split(".", 1)[0] == section]
+        with gr.Accordion(train_recipe.section_title(section), open=section in open_) as box:
+            for start in range(0, len(fields), 4):  # four fields a row keeps the tab short
+                with gr.Row():
+                    widgets += [_widget(doc, value) for doc, value in fields[start : start + 4]]
+        if section == "quantization":
+            quant_box = box
+    return widgets, quant_box
+
+
+def _build_editor() -> Editor:
+    with gr.Row():
+        method = gr.Dropdown(
+            list(recipes.METHODS), value="sft", label="What it learns (method)", info="[method]", scale=1
+        )
+        recipe = gr.Dropdown(
+            train_recipe.recipes_for("sft"),
+            value=START_RECIPE,
+            label="Recipe",
+            info="a file in recipes/",
+            scale=2,
+        )
         devices = gr.Number(
             1,
             precision=0,
             minimum=1,
-            label="Devices",
-            info="processes / GPUs; more than 1 runs under accelerate launch",
+            label="Devices (GPUs)",
+            info="processes / GPUs; more than 1 runs under accelerate launch [training.num_processes]",
             scale=1,
         )
-    with gr.Row():
-        find_model = gr.Button("Search the Hub for a model…", size="sm")
+    changed = gr.Markdown(elem_id="train-changed")
     with gr.Row():
         gr.Markdown(RANK_GUIDE)
         gr.Markdown(METHOD_GUIDE)
-    widgets = []
-    docs = list(zip(editable_docs(), initial, strict=True))
-    for section in dict.fromkeys(doc.key.split(".", 1)[0] for doc, _ in docs):
-        fields = [(doc, value) for doc, value in docs if doc.key.split(".", 1)[0] == section]
-        with gr.Accordion(section.capitalize(), open=section in ("lora", "training")):
-            for start in range(0, len(fields), 4):  # four fields a row keeps the tab short
-                with gr.Row():
-                    widgets += [_widget(doc, value) for doc, value in fields[start : start + 4]]
+    widgets, quant_box = _build_sections(train_recipe.values_of(train_recipe.load(START_RECIPE)))
+    return Editor(method, recipe, devices, widgets, quant_box, changed)
+
+
+def _build_checks(top: list, editor: Editor) -> None:
+    """Check and launch, their results right below them."""
     with gr.Row():
         check_btn = gr.Button("Check recipe")
         launch_btn = gr.Button("Launch run", variant="primary")
+    launched = gr.Markdown()
+    problems = gr.Markdown()
+    mem = gr.Markdown()
+    command = gr.Code(
+        label="Command (copy to run it from a terminal)", language="shell", lines=2, elem_id="train-command"
+    )
+    check_btn.click(train_recipe.on_check, top + editor.widgets, [problems, mem, command])
+    launch_btn.click(train_recipe.on_launch, top + editor.widgets, [launched])
+
+
+def _build_cluster(recipe, dataset, model, widgets: list) -> None:
     with gr.Accordion("Export for a cluster (multi-node accelerate, SLURM, torchrun)", open=False):
         with gr.Row():
             nodes = gr.Number(2, precision=0, minimum=1, label="Nodes")
@@ -278,24 +175,55 @@ def build_train_tab(tab: gr.Tab | None = None) -> None:
         slurm = gr.Code(label="SLURM batch script", language="shell")
         torchrun = gr.Code(label="torchrun command", language="shell")
         bundle = gr.File(label="All files (.zip)", interactive=False)
-    problems = gr.Markdown()
-    mem = gr.Markdown()
-    command = gr.Code(
-        label="Command (copy to run it from a terminal)", language="shell", lines=2, elem_id="train-command"
-    )
-    launched = gr.Markdown()
-
-    top = [recipe, model, dataset, devices]
-    method.change(on_method, [method], [recipe])
-    recipe.change(on_recipe, [recipe], widgets)
-    if tab is not None:
-        tab.select(on_show, None, [dataset, model], show_progress="hidden")
-    model.focus(lambda: gr.update(choices=models.local_specs()), None, model)
-    find_model.click(None, js=common.OPEN_MODELS_TAB)
-    check_btn.click(on_check, top + widgets, [problems, mem, command])
-    launch_btn.click(on_launch, top + widgets, [launched])
     cluster_btn.click(
-        on_cluster,
+        train_recipe.on_cluster,
         [recipe, model, dataset, nodes, gpus, strategy, job_name, *widgets],
         [cluster_note, accel_cfg, slurm, torchrun, bundle],
     )
+
+
+def _build_guided(dataset, model, editor_inputs: list, filled: list) -> None:
+    with gr.Row():
+        goal = gr.Radio(train_guided.GOAL_CHOICES, value="style", label="What should it learn?", scale=2)
+        budget = gr.Radio(train_guided.BUDGET_CHOICES, value="quick", label="How long may it train?", scale=2)
+    plan_btn = gr.Button("Plan my run", variant="secondary")
+    plan = gr.HTML(elem_id="train-plan")
+    estimate = gr.Markdown(elem_id="train-estimate")
+    start = gr.Button("Start training", variant="primary", interactive=False)
+    progress = gr.HTML(elem_id="train-progress")
+    facts, run_id = gr.State(None), gr.State(None)
+    timer = gr.Timer(2.0, active=False)
+    plan_btn.click(
+        train_guided.on_plan, [dataset, model, goal, budget], [plan, estimate, facts, start, *filled]
+    ).then(train_guided.on_measure, [facts, dataset, model], [plan, estimate, start, *filled])
+    gr.on(
+        [dataset.input, model.input, goal.input, budget.input], train_guided.on_stale, None, [start, estimate]
+    )
+    start.click(train_guided.on_start, editor_inputs, [progress, run_id, timer])
+    timer.tick(train_guided.on_tick, [run_id], [progress, timer], show_progress="hidden")
+
+
+def build_train_tab(tab: gr.Tab | None = None) -> None:
+    """`tab`: the Train tab, so that showing it lists the datasets and models saved meanwhile."""
+    dataset, model = _build_pickers()
+    guided = gr.Column()  # filled below, once the editor it fills exists
+    with gr.Accordion("Advanced: every setting of the recipe", open=False, elem_id="train-advanced"):
+        editor = _build_editor()
+        top = [editor.recipe, model, dataset, editor.devices]
+        _build_checks(top, editor)
+        _build_cluster(editor.recipe, dataset, model, editor.widgets)
+    with guided:
+        _build_guided(dataset, model, top + editor.widgets, editor.filled())
+    # .input, not .change: a plan filling method and recipe must not reset the fields it set
+    editor.method.input(
+        train_recipe.on_method,
+        [editor.method, *editor.widgets],
+        [editor.recipe, *editor.widgets, editor.quant_box, editor.changed],
+    )
+    editor.recipe.input(
+        train_recipe.on_pick_recipe,
+        [editor.recipe, *editor.widgets],
+        [*editor.widgets, editor.quant_box, editor.changed],
+    )
+    if tab is not None:
+        tab.select(on_show, None, [dataset, model], show_progress="hidden")
