@@ -50,6 +50,19 @@ def test_time_left_counts_down_from_what_the_trainer_wrote():
     assert "loading the model" in pace.progress_words(starting)
 
 
+def test_runs_list_says_the_time_left_of_a_running_run(capsys):
+    from studio import cli, rundir, workspace
+
+    folder = workspace.run_path("20261130-030000-sft")
+    folder.mkdir(parents=True)
+    status = {"state": "running", "step": 10, "max_steps": 100, "step_seconds": 2.0, "seconds_left": 180.0}
+    rundir.write_status(folder, {**status, "pace_at": time.time()})
+    assert cli.main(["runs", "list"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("20261130-030000-sft  ") and " running " in line
+    assert line.endswith("10/100  ?  ?  ?  (about 3 min left)")
+
+
 def test_the_busy_note_names_what_slows_training_down():
     assert pace.busy_note(2.2, 2, training_here=2) == ""  # the run itself keeps both cores busy
     assert "load 4.5 on 2 cores" in pace.busy_note(4.5, 2, training_here=2)

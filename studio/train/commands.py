@@ -98,15 +98,17 @@ def _register_runs(sub: argparse._SubParsersAction) -> None:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from studio.train import runs
+    from studio.train import pace, runs
 
     try:
         if args.runs_command == "list":
             for info in runs.list_runs():
                 step = f"{info.status.get('step', 0)}/{info.status.get('max_steps', '?')}"
+                left = pace.time_left({**info.status, "state": info.state})
+                when = f"  ({pace.duration_words(left)} left)" if left is not None else ""
                 print(
                     f"{info.run_id}  {info.name}  {info.state:<9} {step:>9}  {info.method}  {info.model}  "
-                    f"{info.dataset}"
+                    f"{info.dataset}{when}"
                 )
             return 0
         if args.runs_command == "rename":
