@@ -83,9 +83,12 @@ def test_the_warm_up_output_is_read_back_or_its_failure_named():
         "about 2 min on this machine (measured: 2 s a step × 60 steps, plus 20 s to load and 10 s "
         "for the test questions)"
     )
-    said = "[studio] cannot start: data/x.jsonl: not found — check the path"
+    said = "[studio] cannot start: data/x.jsonl: not found — check the path\nsome library warning"
     with pytest.raises(ValueError, match="the warm-up could not train: cannot start: data/x.jsonl"):
-        warmup.parse("", said, 2)
+        warmup.parse("[studio] step=1 loss=2", said, 2)
+    crash = "Traceback (most recent call last):\n  File x\nRuntimeError: out of memory"
+    with pytest.raises(ValueError, match="could not train: RuntimeError: out of memory"):
+        warmup.parse("[studio] step=1 loss=2", crash, 1)
 
 
 def test_the_measured_pace_caps_the_steps_with_loading_counted():

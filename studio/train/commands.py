@@ -54,18 +54,18 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     import logging
 
+    timed = args.time_steps is not None
+    if timed and (args.time_steps < 1 or args.run_dir or args.resume):
+        print(
+            "error: --time-steps needs a number of steps >= 1, and no --run-dir or --resume", file=sys.stderr
+        )
+        return 2
     # Before transformers imports bitsandbytes, which logs a missing optional kernel on import
     # (run.quiet_libraries says what else is kept out of train.log).
     logging.getLogger("bitsandbytes.backends.cpu").setLevel(logging.ERROR)
     from studio.train import run
 
-    if args.time_steps is not None:
-        if args.time_steps < 1 or args.run_dir or args.resume:
-            print(
-                "error: --time-steps needs a number of steps >= 1, and no --run-dir or --resume",
-                file=sys.stderr,
-            )
-            return 2
+    if timed:
         return run.time_steps(args.recipe, args.sets, args.time_steps)
     return run.main(args.recipe, sets=args.sets, run_dir=args.run_dir, resume=args.resume)
 

@@ -92,7 +92,9 @@ def parse(stdout: str, stderr: str = "", returncode: int = 0) -> Timing:
     """The Timing from the warm-up's output; ValueError with its last words when it failed."""
     line = next((ln for ln in reversed(stdout.splitlines()) if ln.startswith(MARK)), None)
     if returncode != 0 or line is None:
-        said = [ln for ln in (stderr + "\n" + stdout).splitlines() if ln.strip()]
+        errors = [ln.split("\r")[-1] for ln in stderr.splitlines() if ln.strip()]
+        named = [ln for ln in errors if "cannot start" in ln or "Error" in ln]  # a refusal, a traceback's end
+        said = named or errors or [ln for ln in stdout.splitlines() if ln.strip()]
         why = said[-1].removeprefix("[studio] ") if said else f"exit code {returncode}"
         raise ValueError(f"the warm-up could not train: {why}")
     data = json.loads(line[len(MARK) :])
