@@ -98,7 +98,10 @@ def on_measure(facts_state, dataset, model):
     return plan_html(plan), estimate, gr.update(interactive=True), *_editor(plan, dataset, model)
 
 
-def on_stale():
+def on_stale(facts_state):
+    """Data, model, goal or budget changed after a plan: that plan no longer holds."""
+    if not facts_state:
+        return gr.update(), gr.update()
     return gr.update(interactive=False), "The choices changed: press **Plan my run** again."
 
 

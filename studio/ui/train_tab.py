@@ -197,7 +197,10 @@ def _build_guided(dataset, model, editor_inputs: list, filled: list) -> None:
         train_guided.on_plan, [dataset, model, goal, budget], [plan, estimate, facts, start, *filled]
     ).then(train_guided.on_measure, [facts, dataset, model], [plan, estimate, start, *filled])
     gr.on(
-        [dataset.input, model.input, goal.input, budget.input], train_guided.on_stale, None, [start, estimate]
+        [dataset.input, model.input, goal.input, budget.input],
+        train_guided.on_stale,
+        [facts],
+        [start, estimate],
     )
     start.click(train_guided.on_start, editor_inputs, [progress, run_id, timer])
     timer.tick(train_guided.on_tick, [run_id], [progress, timer], show_progress="hidden")
