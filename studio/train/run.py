@@ -327,10 +327,10 @@ def time_steps(recipe_path: str, sets: list[str] | None, steps: int) -> int:
         trainer, tokenizer, _ = prepare(recipe, Path(tmp), [watcher, timer])
         watcher.counter = trainer.data_collator = callbacks.TokenCounter(trainer.data_collator)
         trainer.train()
-        probe_s = 0.0
-        if recipe.probes.prompts:
+        probe_s, asked = 0.0, probes.plan(recipe).prompts  # the questions the run will ask
+        if asked:
             began = time.monotonic()
-            answer(trainer.model, tokenizer, recipe.probes.prompts[:1], recipe.probes.max_new_tokens)
+            answer(trainer.model, tokenizer, asked[:1], recipe.probes.max_new_tokens)
             probe_s = time.monotonic() - began
     started = psutil.Process().create_time()
     first_step_wall = time.time() - (time.monotonic() - (timer.first_step_at or time.monotonic()))
@@ -338,7 +338,7 @@ def time_steps(recipe_path: str, sets: list[str] | None, steps: int) -> int:
         "step_seconds": [round(s, 4) for s in timer.seconds],
         "load_seconds": round(first_step_wall - started, 2),
         "probe_seconds": round(probe_s, 2),
-        "probes": len(recipe.probes.prompts),
+        "probes": len(asked),
     }
     print(TIMING_MARK + json.dumps(timing), flush=True)
     return 0
