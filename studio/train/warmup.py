@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from studio.train import pace, runs
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: recipes/ and sample_data/ resolve from it
 MARK = "[studio] timing "  # studio.train.run.TIMING_MARK (not imported: that module loads transformers)
-STEPS = 3
+STEPS = 5  # timed after the warm-up step; the median of them resists a burst of other work
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,9 @@ class Timing:
 
     @property
     def per_step(self) -> float:
-        """Mean seconds of a step after the warm-up step."""
-        counted = self.step_seconds[1:] or self.step_seconds
-        return sum(counted) / len(counted)
+        """Median seconds of a step after the warm-up step (a burst of other work on one step,
+        or one unusually long batch, does not set the estimate)."""
+        return statistics.median(self.step_seconds[1:] or self.step_seconds)
 
     @property
     def overhead_seconds(self) -> float:
