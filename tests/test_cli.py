@@ -58,7 +58,7 @@ def test_votes_list_report_export_save_and_delete(tmp_path, capsys):
 def test_runs_list_and_delete_need_confirmation(tiny_model, capsys):
     build_run(workspace.runs_dir(), tiny_model, run_id="done-run")
     code, out, _ = _run(["runs", "list"], capsys)
-    assert code == 0 and out.startswith("done-run  completed")
+    assert code == 0 and out.startswith("done-run") and " completed" in out.splitlines()[0]
     code, _, err = _run(["runs", "delete", "done-run"], capsys)
     assert code == 1 and "--yes" in err and workspace.run_path("done-run").is_dir()
     code, _, _ = _run(["runs", "delete", "done-run", "--yes"], capsys)

@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from studio import rundir, workspace
-from studio.train import outcome, runs
+from studio.train import outcome, pace, runs
 from studio.ui import common
 
 POLL_S = 2.0
@@ -55,11 +55,8 @@ def progress_html(info: runs.RunInfo) -> str:
     fraction = step / total if total else 0.0
     rows = rundir.follow_metrics(info.path)
     epoch = next((r["epoch"] for r in reversed(rows) if "epoch" in r), None)
-    left = ""
-    elapsed = info.duration_s()
-    if info.state == "running" and step and total and elapsed:
-        left = f" · about {common.format_duration(elapsed / step * (total - step))} left"
-    detail = f"step {step}/{total or '?'}" + (f" · epoch {epoch:.2f}" if epoch is not None else "") + left
+    # time left from the trainer's measured pace of recent steps (loading excluded), not elapsed/step
+    detail = pace.progress_words(info.status) + (f" · epoch {epoch:.2f}" if epoch is not None else "")
     error = info.status.get("error") or ""
     error_html = (
         f"<pre class='studio-error'>{_escape(error)}</pre>" if error and info.state == "failed" else ""
