@@ -121,7 +121,7 @@ def test_each_side_stops_at_its_own_eos(engine, runs):
 
 def test_stop_event_halts_within_a_token(engine):
     stop = threading.Event()
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())
     seen = []
     for reply in engine.stream(ASK, None, chat.GenSettings(max_new_tokens=400), stop):
         seen.append(reply)
@@ -129,7 +129,8 @@ def test_stop_event_halts_within_a_token(engine):
             stop.set()
     assert seen[-1].finish == "stopped"
     assert seen[-1].tokens - 5 <= 1 and len(seen) <= 6
-    assert threading.active_count() == threads_before  # no generation thread left behind
+    started = [t for t in threading.enumerate() if t not in threads_before]
+    assert started == []  # no generation thread left behind (others may end meanwhile)
 
 
 def test_stop_from_another_thread_and_closing_the_stream(engine, runs):
