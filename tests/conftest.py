@@ -106,29 +106,36 @@ def page(browser):
 
 
 @pytest.fixture(scope="session")
-def default_qlora_run(default_model_home, tmp_path_factory) -> Path:
-    """One real QLoRA SFT run of the default model on sample_data/alpaca.jsonl, shared by the
-    proofs that need a tuned adapter (training style shift, A/B chat), so it is paid for once."""
+def default_tuned_run(default_model_home, tmp_path_factory) -> Path:
+    """The guided path's quick run on the real default model and the sample data: the plan
+    `python -m studio tune sample:alpaca.jsonl` and the Train tab's "Plan my run" make, with the first
+    five held-out questions as probes. Shared by the proofs that need a tuned adapter (the quick
+    plan visibly teaches, A/B chat, evaluation, serving, pairs), so it is paid for once."""
     import json
     import subprocess
 
-    model = default_model_home / "models" / "SmolLM2-135M-Instruct"
-    prompts = [
-        p for p in (ROOT / "sample_data" / "heldout_prompts.txt").read_text().splitlines() if p.strip()
-    ]
-    run_dir = tmp_path_factory.mktemp("qlora") / "run"
-    sets = {
-        "model": str(model),
-        "max_steps": "24",
-        "learning_rate": "6e-4",  # measured: 6 of 6 held-out greedy answers then open "Short answer:"
-        "data.eval_split": "0",
-        "probes.max_new_tokens": "16",
-        "probes.prompts": json.dumps(prompts[:3]),
-    }
-    argv = [sys.executable, "-m", "studio", "train", "recipes/qlora_sft.yaml", "--run-dir", str(run_dir)]
-    for key, value in sets.items():
-        argv += ["--set", f"{key}={value}"]
-    env = {**os.environ, "STUDIO_HOME": str(tmp_path_factory.mktemp("qlora_home"))}
+    model = str(default_model_home / "models" / "SmolLM2-135M-Instruct")
+    home = tmp_path_factory.mktemp("tuned_home")
+    old = os.environ.get("STUDIO_HOME")
+    os.environ["STUDIO_HOME"] = str(home)
+    try:
+        from studio.train import tune
+
+        plan = tune.plan("sample:alpaca.jsonl", model, "style", "quick")
+        sets = tune.sets_for(plan, "sample:alpaca.jsonl", model)
+    finally:
+        if old is None:
+            os.environ.pop("STUDIO_HOME", None)
+        else:
+            os.environ["STUDIO_HOME"] = old
+    prompts = [p for p in (ROOT / "sample_data" / "heldout_prompts.txt").read_text().splitlines() if p.strip()]
+    sets += ["probes.prompts=" + json.dumps(prompts[:5]), "probes.max_new_tokens=24"]
+    run_dir = tmp_path_factory.mktemp("tuned") / "run"
+    argv = [sys.executable, "-m", "studio", "train", plan.recipe, "--run-dir", str(run_dir)]
+    for item in sets:
+        argv += ["--set", item]
+    env = {**os.environ, "STUDIO_HOME": str(home)}
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir / "plan.json").write_text(json.dumps({"steps": plan.steps, "sets": sets}))
     return run_dir

@@ -1,4 +1,4 @@
-"""On the real default model: the adapter from the QLoRA sample run answers differently from the
+"""On the real default model: the adapter from the quick plan's sample run answers differently from the
 base in the A/B view, and the base side of the pair is exactly the base model's own answer."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def test_tuned_adapter_answers_differently_from_the_base_in_ab(default_model, default_qlora_run):
+def test_tuned_adapter_answers_differently_from_the_base_in_ab(default_model, default_tuned_run):
     prompts = [
         p for p in (ROOT / "sample_data" / "heldout_prompts.txt").read_text().splitlines() if p.strip()
     ]
     engine = chat.ChatEngine()
     engine.load(default_model)
-    adapter = engine.add_adapter(default_qlora_run)  # the run folder: its adapter/ is found
+    adapter = engine.add_adapter(default_tuned_run)  # the run folder: its adapter/ is found
     settings = chat.GenSettings(temperature=0.0, max_new_tokens=24, repetition_penalty=1.0)
     differ = 0
     try:

@@ -1,4 +1,4 @@
-"""The proof on the real default model: the QLoRA sample adapter, evaluated on held-out prompts it
+"""The proof on the real default model: the quick plan's sample adapter, evaluated on held-out prompts it
 never saw, answers in the house style ("Short answer: ... Why: ...") more often than the base,
 finds the house-style references likelier on every prompt (lower perplexity) without losing
 general text, and the default model as judge records both orders of every pair."""
@@ -17,8 +17,8 @@ HELDOUT = ROOT / "sample_data" / "eval" / "heldout.jsonl"
 
 
 @pytest.mark.slow
-def test_the_tuned_adapter_wins_on_held_out_prompts(default_qlora_run, default_model, tmp_path):
-    run = Path(shutil.copytree(default_qlora_run, tmp_path / "run"))  # the shared run stays untouched
+def test_the_tuned_adapter_wins_on_held_out_prompts(default_tuned_run, default_model, tmp_path):
+    run = Path(shutil.copytree(default_tuned_run, tmp_path / "run"))  # the shared run stays untouched
     prompts = [p for p in (ROOT / "sample_data" / "heldout_prompts.txt").read_text().splitlines() if p]
     config = evaldir.EvalConfig(
         eval_set=str(HELDOUT), max_new_tokens=40, batch_size=6, judge=default_model, seed=0

@@ -1,5 +1,5 @@
 """The proofs on real models: 20 prompts of the sample data get base-vs-adapter pairs from the
-default model and the shared QLoRA run; two annotators rate them through the queue, the majority
+default model and the shared quick-plan run; two annotators rate them through the queue, the majority
 export passes the data check, and a DPO run trains on it."""
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_base_vs_adapter_pairs_on_the_default_model(default_model, default_qlora_run):
-    adapter = str(default_qlora_run / "adapter")
+def test_base_vs_adapter_pairs_on_the_default_model(default_model, default_tuned_run):
+    adapter = str(default_tuned_run / "adapter")
     made = _run(
         "pairs", "generate", "--dataset", "sample:alpaca.jsonl", "--limit", "20",
         "--a", default_model, "--b", default_model, "--b-adapter", adapter, "--max-new-tokens", "16",

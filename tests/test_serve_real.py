@@ -1,4 +1,4 @@
-"""On the real default model: the adapter of the QLoRA sample run answers through the official
+"""On the real default model: the adapter of the quick plan's sample run answers through the official
 `openai` client, streamed, with the same greedy text as the chat engine, for base and adapter,
 while several clients ask at once."""
 
@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 PROMPTS = ["What is the capital of France?", "List three fruits."]
 
 
-def test_tuned_adapter_streams_through_openai_like_the_chat_engine(default_model, default_qlora_run):
+def test_tuned_adapter_streams_through_openai_like_the_chat_engine(default_model, default_tuned_run):
     torch.set_num_threads(2)
-    served = api.load(default_model, [str(default_qlora_run)])
+    served = api.load(default_model, [str(default_tuned_run)])
     served.key = None
     adapter = next(iter(served.adapters))
     settings = GenSettings(temperature=0, top_p=1, repetition_penalty=1.0, max_new_tokens=24)

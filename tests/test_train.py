@@ -380,8 +380,8 @@ def test_pad_token_is_never_eos(tiny_model):
 
 
 @pytest.mark.slow
-def test_qlora_on_the_default_model_learns_the_sample_style(default_model, default_qlora_run):
-    """Every sample answer opens with "Short answer:". After a few minutes of QLoRA, the adapter
+def test_the_quick_plan_on_the_default_model_makes_the_sample_style_likelier(default_model, default_tuned_run):
+    """Every sample answer opens with "Short answer:". After the guided quick plan (~2 min), the adapter
     (loaded on its own from adapter/) makes that opening far likelier on held-out questions than
     the base does, its greedy answers differ from the base's, and the loss falls."""
     import torch
@@ -391,7 +391,7 @@ def test_qlora_on_the_default_model_learns_the_sample_style(default_model, defau
     prompts = [
         p for p in (ROOT / "sample_data" / "heldout_prompts.txt").read_text().splitlines() if p.strip()
     ]
-    run_dir = default_qlora_run  # 24 QLoRA steps at 6e-4 on sample:alpaca.jsonl (tests/conftest.py)
+    run_dir = default_tuned_run  # the quick plan on sample:alpaca.jsonl (tests/conftest.py)
     probes = json.loads((run_dir / "probes.json").read_text())
     assert probes["after"] != probes["before"]
     losses = [row["loss"] for row in metrics(run_dir) if "loss" in row]
