@@ -35,7 +35,23 @@ CASES = [  # facts, expected values, words the 4-bit reason must hold
             "training.max_steps": 24,
             "data.eval_split": 0.1,
         },
-        "slower on a CPU",
+        "only save memory",
+    ),
+    (  # the full estimate decides when the plan has one: 16-bit weights (16 GB) fit in half of 40 GB,
+        # but training them does not fit in 80% of it
+        Facts(8e9, 40 * GB, "cuda", 2000, 700, need_bytes=(36 * GB, 12 * GB)),
+        {"quantization.load_in_4bit": True},
+        "16-bit needs about 36 GB, too much for your GPU's 40 GB free memory; in 4-bit about 12 GB",
+    ),
+    (
+        Facts(135e6, 24 * GB, "cpu", 42, 91, need_bytes=(1.9 * GB, 1.6 * GB)),
+        {"quantization.load_in_4bit": False},
+        "16-bit needs about 1.9 GB of this computer's 24 GB free memory",
+    ),
+    (
+        Facts(70e9, 24 * GB, "cuda", 2000, 700, need_bytes=(160 * GB, 48 * GB)),
+        {"quantization.load_in_4bit": True},
+        "in 4-bit about 48 GB: even so it may not fit, so a smaller model is safer",
     ),
     (
         Facts(8e9, 8 * GB, "cuda", 2000, 700),
@@ -59,12 +75,12 @@ CASES = [  # facts, expected values, words the 4-bit reason must hold
             "training.batch_size": 2,
             "training.grad_accum": 8,
         },
-        "fits your 24 GB",
+        "fits your GPU's 24 GB",
     ),
     (
         Facts(7e9, 80 * GB, "cuda", 100_000, 300, goal="prefer", budget="thorough"),
         {"quantization.load_in_4bit": False, "lora.r": 64, "training.learning_rate": 5e-6},
-        "fits your 80 GB",
+        "fits your GPU's 80 GB",
     ),
     (
         Facts(135e6, 4 * GB, "cpu", 12, 40, goal="thumbs"),
@@ -75,7 +91,7 @@ CASES = [  # facts, expected values, words the 4-bit reason must hold
             "training.learning_rate": 5e-5,
             "training.max_steps": 18,
         },
-        "fits in this computer",
+        "fits this computer's 4.0 GB",
     ),
 ]
 
@@ -137,6 +153,8 @@ def test_tune_command_prints_each_choice_for_the_sample_data(default_model):
     assert "Recipe: recipes/lora_sft.yaml (SFT)" in proc.stdout
     assert "[lora.r=16]" in proc.stdout and "[training.learning_rate=0.001]" in proc.stdout
     assert "95% of your examples are" in proc.stdout
+    # the 4-bit choice is judged by the run's full memory estimate, not the weights alone
+    assert "training the 135M model in 16-bit needs about" in proc.stdout
 
 
 def test_tune_command_names_a_missing_dataset():

@@ -14,7 +14,7 @@ import dataclasses
 
 from studio import models
 from studio.data import check, stats, store
-from studio.train import autotune, memory, warmup
+from studio.train import autotune, memory, recipes, warmup
 
 MEASURE_ROWS = 2000  # token lengths of the first rows are enough for a percentile
 
@@ -37,14 +37,30 @@ def facts(dataset: str, model: str = "default", goal: str = "style", budget: str
     ordered = sorted(lengths) or [1]
     p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
     memory_bytes, device = memory.device_memory_bytes()
-    return autotune.Facts(
-        n_params=models.info(model).n_params,
+    info = models.info(model)
+    first = autotune.Facts(
+        n_params=info.n_params,
         memory_bytes=memory_bytes,
         device=device,
         rows=report.rows,
         p95_tokens=p95,
         goal=goal,
         budget=budget,
+    )
+    return dataclasses.replace(first, need_bytes=_needs(first, info, dataset, model))
+
+
+def _needs(facts_: autotune.Facts, info: models.ModelInfo, dataset: str, model: str) -> tuple[float, float]:
+    """The memory estimate of the plan's run in 16-bit and in 4-bit (batch and length as planned)."""
+    draft = autotune.choose(facts_)
+    sets = sets_for(draft, dataset, model)
+    return tuple(
+        memory.estimate_memory(
+            info,
+            recipes.load(draft.recipe, [*sets, f"quantization.load_in_4bit={flag}"]),
+            facts_.memory_bytes,
+        ).total
+        for flag in ("false", "true")
     )
 
 
