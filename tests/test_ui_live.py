@@ -8,6 +8,7 @@ the views without paying for a training run.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -38,6 +39,14 @@ def _run(home, run_id: str, state: str, method: str = "sft", created: str = ""):
 
 def _legend(page, plot: str) -> list[str]:
     return page.locator(f"#{plot} .role-legend-label text").all_text_contents()
+
+
+def _legend_shown(page, plot: str) -> bool:
+    """Every legend entry lies inside its plot's block: none is clipped off below the axes."""
+    block = page.locator(f"#{plot}").bounding_box()
+    labels = page.locator(f"#{plot} .role-legend-label text")
+    boxes = [labels.nth(i).bounding_box() for i in range(labels.count())]
+    return bool(boxes) and all(b and b["y"] + b["height"] <= block["y"] + block["height"] for b in boxes)
 
 
 def _lines(page, plot: str) -> int:
@@ -72,6 +81,8 @@ def test_curves_draw_from_the_first_steps_and_grow(studio_home, page, app):
     _wait(page, lambda: _lines(page, "runs-loss") >= 1 and _lines(page, "runs-pref") >= 2)
     assert _legend(page, "runs-loss") == ["train loss", "eval loss"]
     assert _legend(page, "runs-pref") == ["reward margin", "accuracy"]
+    assert _legend_shown(page, "runs-loss") and _legend_shown(page, "runs-pref")
+    assert "series" not in page.locator("#runs-loss").inner_text()  # no column name as a legend title
     assert _lines(page, "runs-loss") == 1  # no eval loss logged yet
 
     rundir.append_metrics(run, {"step": 3, "loss": 1.2, "eval_loss": 1.4})
@@ -79,8 +90,10 @@ def test_curves_draw_from_the_first_steps_and_grow(studio_home, page, app):
     _wait(page, lambda: _lines(page, "runs-loss") == 2)  # the eval curve joins the plot
     screenshot(page, "runs-live-curves")
 
-    # a completed run can be neither stopped nor resumed
-    expect(page.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
+    # a completed run can be neither stopped nor resumed, and a Stop that cannot be pressed is not red
+    stop = page.get_by_role("button", name="Stop", exact=True)
+    expect(stop).to_be_disabled()
+    expect(stop).to_have_class(re.compile(r"\bsecondary\b"))
     expect(page.get_by_role("button", name="Resume", exact=True)).to_be_disabled()
 
 
@@ -91,6 +104,8 @@ def test_every_list_shows_the_workspace_when_its_tab_is_shown(studio_home, page,
     page.get_by_role("tab", name="Runs", exact=True).click()
     expect(page.locator("#run-progress")).to_contain_text("old-run")
     expect(page.get_by_role("button", name="Resume", exact=True)).to_be_enabled()
+    expect(page.locator("#runs-loss")).to_be_visible()
+    expect(page.locator("#runs-pref")).to_be_hidden()  # an SFT run has no reward curves to show
     for tab in ("Train", "Chat", "Votes", "Hub"):  # each tab seen once, before anything exists
         page.get_by_role("tab", name=tab, exact=True).click()
 
@@ -122,6 +137,7 @@ def test_every_list_shows_the_workspace_when_its_tab_is_shown(studio_home, page,
     page.get_by_role("tab", name="Runs", exact=True).click()  # the new run is selected
     expect(page.locator("#run-progress")).to_contain_text("new-run", timeout=15_000)
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_enabled()
+    expect(page.get_by_role("button", name="Stop", exact=True)).to_have_class(re.compile(r"\bstop\b"))
     for name in ("Refresh dataset list", "Refresh adapters", "Refresh", "↻"):
         assert page.get_by_role("button", name=name, exact=True).count() == 0
 

@@ -25,6 +25,9 @@ MAX_UPLOAD = "200mb"
 CSS = (
     """
 footer { display: none !important; }
+/* a plot's legend sits under its axes: let the block grow to show it instead of clipping it */
+.studio-plot { height: auto !important; }
+.studio-plot .vega-embed { height: 250px !important; }
 """
     + DATA_CSS
     + common.NOTICE_CSS

@@ -147,8 +147,9 @@ def on_refresh(run_id: str | None, known: list[str] | None):
         name = _name_of(run_id)
     if not run_id or run_id not in choices:
         empty = _plot([], LOSS_KEYS)
-        off = gr.update(interactive=False)
-        return table, picker, "", "No run selected.", empty, empty, empty, "", "", "", off, off, choices
+        off = gr.update(interactive=False, variant="secondary")
+        pref = gr.update(value=_plot([], PREF_KEYS), visible=False)
+        return table, picker, "", "No run selected.", empty, empty, pref, "", "", "", off, off, choices
     info = runs.get(run_id)
     rows = rundir.follow_metrics(info.path)
     can_stop, can_resume = ACTIONS.get(info.state, (False, False))
@@ -159,11 +160,13 @@ def on_refresh(run_id: str | None, known: list[str] | None):
         progress_html(info),
         _plot(rows, LOSS_KEYS),
         _plot(rows, ["learning_rate"]),
-        _plot(rows, PREF_KEYS),
+        # reward margin and accuracy exist for preference methods only: an SFT run shows no empty axes
+        gr.update(value=_plot(rows, PREF_KEYS), visible=info.method != "sft"),
         rundir.log_tail(info.path, 40),
         summary_markdown(info),
         probe_cards(info.path),
-        gr.update(interactive=can_stop),
+        # a Stop that cannot be pressed is grey, not red
+        gr.update(interactive=can_stop, variant="stop" if can_stop else "secondary"),
         gr.update(interactive=can_resume),
         choices,
     )
@@ -270,7 +273,7 @@ def build_runs_tab(tab: gr.Tab | None = None) -> tuple[gr.Dropdown, gr.Button, g
     )
     with gr.Row():
         selected = gr.Dropdown([], label="Run", scale=3, allow_custom_value=False)
-        stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False)
+        stop_btn = gr.Button("Stop", variant="secondary", scale=1, interactive=False)
         resume_btn = gr.Button("Resume", scale=1, interactive=False)
         dup_btn = gr.Button("Duplicate as new run", scale=1)
         chat_btn = gr.Button("Chat with it", variant="primary", scale=1, visible=False)
@@ -289,31 +292,49 @@ def build_runs_tab(tab: gr.Tab | None = None) -> tuple[gr.Dropdown, gr.Button, g
             y="value",
             color="series",
             label="Loss (train and eval)",
+            y_title="loss",
+            color_title="",
             height=260,
             elem_id="runs-loss",
+            elem_classes="studio-plot",
         )
         lr_plot = gr.LinePlot(
             x="step",
             y="value",
             color="series",
             label="Learning rate",
-            height=300,
-            color_title="line",
+            y_title="learning rate",
+            color_title="",
+            height=260,
             elem_id="runs-lr",
+            elem_classes="studio-plot",
         )
         pref_plot = gr.LinePlot(
             x="step",
             y="value",
             color="series",
             label="Reward margin and accuracy",
+            y_title="margin / accuracy",
+            color_title="",
             height=260,
+            visible=False,
             elem_id="runs-pref",
+            elem_classes="studio-plot",
         )
     log = gr.Code(label="Log (last lines)", language=None, lines=12)
     with gr.Accordion("Compare runs", open=False):
         to_compare = gr.Dropdown([], multiselect=True, label="Runs to compare (two or more)")
         compare_btn = gr.Button("Compare")
-        compare_plot = gr.LinePlot(x="step", y="value", color="series", label="Loss", height=300)
+        compare_plot = gr.LinePlot(
+            x="step",
+            y="value",
+            color="series",
+            label="Loss",
+            y_title="loss",
+            color_title="run",
+            height=300,
+            elem_classes="studio-plot",
+        )
         compare_table = gr.Dataframe(label="Recipes side by side (differences first)", interactive=False)
 
     known = gr.State(None)  # run ids seen by the last tick: a new one gets selected
