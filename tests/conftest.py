@@ -128,7 +128,9 @@ def default_tuned_run(default_model_home, tmp_path_factory) -> Path:
             os.environ.pop("STUDIO_HOME", None)
         else:
             os.environ["STUDIO_HOME"] = old
-    prompts = [p for p in (ROOT / "sample_data" / "heldout_prompts.txt").read_text().splitlines() if p.strip()]
+    prompts = [
+        p for p in (ROOT / "sample_data" / "heldout_prompts.txt").read_text().splitlines() if p.strip()
+    ]
     sets += ["probes.prompts=" + json.dumps(prompts[:5]), "probes.max_new_tokens=24"]
     run_dir = tmp_path_factory.mktemp("tuned") / "run"
     argv = [sys.executable, "-m", "studio", "train", plan.recipe, "--run-dir", str(run_dir)]

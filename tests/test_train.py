@@ -380,7 +380,9 @@ def test_pad_token_is_never_eos(tiny_model):
 
 
 @pytest.mark.slow
-def test_the_quick_plan_on_the_default_model_makes_the_sample_style_likelier(default_model, default_tuned_run):
+def test_the_quick_plan_on_the_default_model_makes_the_sample_style_likelier(
+    default_model, default_tuned_run
+):
     """Every sample answer opens with "Short answer:". After the guided quick plan (~2 min), the adapter
     (loaded on its own from adapter/) makes that opening far likelier on held-out questions than
     the base does, its greedy answers differ from the base's, and the loss falls."""

@@ -106,7 +106,14 @@ def test_every_list_shows_the_workspace_when_its_tab_is_shown(studio_home, page,
     expect(page.get_by_role("button", name="Resume", exact=True)).to_be_enabled()
     expect(page.locator("#runs-loss")).to_be_visible()
     expect(page.locator("#runs-pref")).to_be_hidden()  # an SFT run has no reward curves to show
-    for tab in ("Train", "Chat", "Votes", "Hub"):  # each tab seen once, before anything exists
+    for tab in (
+        "Train",
+        "Chat",
+        "Rate pairs",
+        "Votes",
+        "Hub",
+        "API",
+    ):  # each seen once, before anything exists
         page.get_by_role("tab", name=tab, exact=True).click()
 
     # meanwhile (another tab, a terminal): a dataset saved, a run finished, a vote cast, a launch
@@ -115,6 +122,7 @@ def test_every_list_shows_the_workspace_when_its_tab_is_shown(studio_home, page,
     done = _run(studio_home, "finished-run", "completed")
     (done / "adapter").mkdir()
     (done / "adapter" / "adapter_config.json").write_text("{}")
+    rundir.rename(done, "house-style-v2")  # every tab names it so, not by its folder id
     votes.record_vote([{"role": "user", "content": "hi"}], "a", "b", "A")
     _run(studio_home, "new-run", "queued", created=datetime.now(UTC).isoformat())
 
@@ -125,14 +133,27 @@ def test_every_list_shows_the_workspace_when_its_tab_is_shown(studio_home, page,
 
     page.get_by_role("tab", name="Chat", exact=True).click()
     page.locator("#chat-b input").click()
-    expect(page.get_by_role("option", name="finished-run", exact=True)).to_be_visible()
+    expect(page.get_by_role("option", name="house-style-v2", exact=True)).to_be_visible()
+    page.keyboard.press("Escape")
+
+    page.get_by_role("tab", name="Rate pairs", exact=True).click()
+    page.get_by_text("Make pairs: two answers for every prompt").click()
+    page.get_by_label("Adapter B", exact=True).click()
+    expect(page.get_by_role("option", name="house-style-v2", exact=True)).to_be_visible()
+    page.keyboard.press("Escape")
+
+    page.get_by_role("tab", name="API", exact=True).click()
+    page.locator("#serve-adapters input").click()
+    expect(
+        page.get_by_role("option", name='house-style-v2 (model "finished-run")', exact=True)
+    ).to_be_visible()
     page.keyboard.press("Escape")
 
     page.get_by_role("tab", name="Votes", exact=True).click()
     expect(page.locator("#votes-report")).to_contain_text("1 votes")
 
     page.get_by_role("tab", name="Hub", exact=True).click()
-    expect(page.locator("#hub-run input")).to_have_value("finished-run · sft on sample:alpaca.jsonl")
+    expect(page.locator("#hub-run input")).to_have_value("house-style-v2 · sft on sample:alpaca.jsonl")
 
     page.get_by_role("tab", name="Runs", exact=True).click()  # the new run is selected
     expect(page.locator("#run-progress")).to_contain_text("new-run", timeout=15_000)

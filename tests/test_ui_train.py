@@ -67,6 +67,7 @@ def test_guided_plan_estimate_advanced_and_start(studio_home, tiny_model, page, 
     page.get_by_role("button", name="Start training", exact=True).click()
     run = page.locator("#guided-run")
     expect(run).to_contain_text(re.compile(r"step \d+ of 6"), timeout=60_000)
+    expect(run).to_contain_text(re.compile(r"sft-alpaca-\d{8}-\d{4}"))  # the run's name, not its folder id
     page.locator("#guided-run[data-state='completed']").wait_for(timeout=240_000)
     expect(run).to_contain_text("took")
 

@@ -51,14 +51,14 @@ def build_app() -> gr.Blocks:
                 eval_run = build_evaluate_tab()
             with gr.Tab("Chat", id="chat") as chat_tab:
                 chat = build_chat_tab(chat_tab)
-            with gr.Tab("Rate pairs", id="rate"):
-                build_rate_tab()
+            with gr.Tab("Rate pairs", id="rate") as rate_tab:
+                build_rate_tab(rate_tab)
             with gr.Tab("Votes", id="votes") as votes_tab:
                 build_votes_tab(votes_tab)
             with gr.Tab("Hub", id="hub") as hub_tab:
                 build_hub_tab(hub_tab)
-            with gr.Tab("API", id="serve"):
-                build_serve_tab()
+            with gr.Tab("API", id="serve") as serve_tab:
+                build_serve_tab(serve_tab)
         evaluate_btn.click(
             lambda run_id: (gr.Tabs(selected="evaluate"), select_run(run_id)),
             [run_picked],

@@ -31,7 +31,7 @@ def run_choices() -> list[tuple[str, str]]:
     for info in runs.list_runs():
         if info.state == "completed" and (info.path / "adapter").is_dir():
             dataset = os.path.basename(str(info.recipe.get("dataset", "")).rstrip("/")) or "?"
-            choices.append((f"{info.run_id} · {info.method} on {dataset}", info.run_id))
+            choices.append((f"{info.name} · {info.method} on {dataset}", info.run_id))
     return choices
 
 

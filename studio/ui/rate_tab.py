@@ -41,7 +41,18 @@ JS = (
 
 
 def _adapters() -> list[tuple[str, str]]:
-    return [BASE] + [(chat_adapters.adapter_label(p), str(p)) for p in chat_adapters.list_adapters()]
+    return [BASE] + [(chat_adapters.adapter_title(p), str(p)) for p in chat_adapters.list_adapters()]
+
+
+def _on_show(job_id: str | None):
+    jobs = _jobs()
+    adapters = gr.update(choices=_adapters())
+    return (
+        adapters,
+        adapters,
+        gr.update(choices=_prompt_sources()),
+        gr.update(choices=jobs, value=job_id or (jobs or [None])[0]),
+    )
 
 
 def _prompt_sources() -> list[str]:
@@ -176,7 +187,7 @@ def _side(label: str, key: str):
     return model, adapter, temp
 
 
-def build_rate_tab() -> None:
+def build_rate_tab(tab: gr.Tab | None = None) -> None:
     with gr.Accordion("Make pairs: two answers for every prompt", open=False):
         with gr.Row():
             lines = gr.Textbox(label="Prompts, one a line", lines=4, elem_id="rate-lines")
@@ -230,6 +241,8 @@ def build_rate_tab() -> None:
     make.click(on_generate, [lines, source, *side_a, *side_b, max_new], [job, status])
     gr.on([refresh.click, job.change], job_status, [job], [status])
     refresh.click(lambda j: gr.update(choices=_jobs(), value=j), [job], [job])
+    if tab is not None:  # what the workspace holds now: new adapters, datasets and pair jobs
+        tab.select(_on_show, [job], [side_a[1], side_b[1], source, job])
     stop.click(on_stop, [job], [status])
     resume.click(on_resume, [job], [status])
     start.click(on_next, queue_inputs, screen)

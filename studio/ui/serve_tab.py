@@ -5,9 +5,11 @@ use them. Shows where it answers, which model names to ask for, and how to conne
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import gradio as gr
 
+from studio.chat import adapters
 from studio.chat import engine as chat
 from studio.serve import client, keys, process
 
@@ -18,8 +20,13 @@ WHO = {
 
 
 def adapter_choices() -> list[tuple[str, str]]:
-    """Finished runs (their final adapter), by run id."""
-    return [(chat.adapter_label(p), p.parent.name) for p in chat.list_adapters() if p.name == "adapter"]
+    """Finished runs (their final adapter) by name, with the model name API clients ask for."""
+    return [(_served_as(p), p.parent.name) for p in chat.list_adapters() if p.name == "adapter"]
+
+
+def _served_as(adapter: Path) -> str:
+    title, label = adapters.adapter_title(adapter), adapters.adapter_label(adapter)
+    return title if title == label else f'{title} (model "{label}")'
 
 
 def status_markdown() -> str:
@@ -74,7 +81,7 @@ def on_refresh():
     return gr.update(choices=adapter_choices()), status_markdown(), process.log_tail()
 
 
-def build_serve_tab() -> None:
+def build_serve_tab(tab: gr.Tab | None = None) -> None:
     gr.Markdown(
         "Serve the models over the **OpenAI chat API**, so apps, notebooks and chat front-ends can use "
         "your tuned model. Requests that arrive together are answered together."
@@ -87,7 +94,7 @@ def build_serve_tab() -> None:
             adapter_choices(),
             multiselect=True,
             label="Tuned models to serve",
-            info="finished runs; each is asked for by its run id",
+            info="finished runs by name; API clients ask for each by the model name in brackets (or its name)",
             elem_id="serve-adapters",
         )
     with gr.Row():
@@ -108,3 +115,5 @@ def build_serve_tab() -> None:
     stop.click(on_stop, None, [status, log])
     make.click(on_make_key, None, [shown, status])
     refresh.click(on_refresh, None, [adapters, status, log])
+    if tab is not None:  # finished runs appear without pressing Refresh
+        tab.select(on_refresh, None, [adapters, status, log])

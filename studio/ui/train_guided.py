@@ -136,7 +136,7 @@ def progress_html(run_id: str | None) -> str:
         note = f"<p class='busy-note'>⚠ {html.escape(busy)}</p>" if busy else ""
     follow = "See it in the Runs tab." if info.state in FINISHED else "Follow it in the Runs tab."
     return (
-        f"<div id='guided-run' data-state='{info.state}'><b>{html.escape(run_id)}</b> — "
+        f"<div id='guided-run' data-state='{info.state}'><b>{html.escape(info.name)}</b> — "
         f"<span class='run-state'>{info.state}</span> · {html.escape(detail)}. {follow}</div>"
         f"<progress max='1' value='{fraction:.3f}' style='width:100%'></progress>{note}"
     )

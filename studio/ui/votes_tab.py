@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from studio import workspace
-from studio.chat.adapters import adapter_label
+from studio.chat.adapters import adapter_title
 from studio.prefs import agreement, records, report, store
 
 COLUMNS = ["id", "time", "preferred", "model A", "model B", "shown first", "prompt", "edited"]
@@ -20,7 +20,7 @@ PREFERRED = {"A": "A", "B": "B", "tie": "tie", "both_bad": "both bad"}
 def _side(model: str, adapter: str) -> str:
     """'SmolLM2-135M-Instruct + my-run': the model folder's name and the adapter's run name."""
     name = Path(model).name if model else "(unknown model)"
-    return f"{name} + {adapter_label(Path(adapter))}" if adapter else name
+    return f"{name} + {adapter_title(Path(adapter))}" if adapter else name
 
 
 def _local_time(stamp: str) -> str:

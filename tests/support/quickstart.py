@@ -67,7 +67,9 @@ def walk(page, url: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-home", type=Path, help="a STUDIO_HOME whose models/ holds the converted model")
+    parser.add_argument(
+        "--model-home", type=Path, help="a STUDIO_HOME whose models/ holds the converted model"
+    )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
