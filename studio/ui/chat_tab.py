@@ -271,31 +271,8 @@ class ChatWiring:
     load_outputs: list
 
 
-def build_chat_tab(tab: gr.Tab | None = None) -> ChatWiring:
-    """`tab`: the Chat tab, so that showing it lists the adapters trained meanwhile. Returns the
-    widgets the Runs tab's "Chat with it" fills (app.py wires it)."""
-    # only the session's id lives in the page; the turns live in studio.chat.session's registry
-    session_id = gr.State(turns.new_id, delete_callback=turns.forget)
-    warning = gr.Markdown(training_warning)  # a callable: re-read on every page load
-    with gr.Row():
-        base = gr.Dropdown(
-            models.local_specs(),
-            value="default",
-            allow_custom_value=True,
-            label="Base model",
-            info="Models on this machine; or type a local folder or any Hub id (search in the Models tab)",
-            scale=2,
-            elem_id="chat-base",
-        )
-        side_a = gr.Dropdown(adapter_choices(), value="base", label="Model A", scale=3, elem_id="chat-a")
-        side_b = gr.Dropdown(adapter_choices(), value="base", label="Model B", scale=3, elem_id="chat-b")
-        load_btn = gr.Button("Load", scale=1)
-    sides = gr.Markdown(sides_text(turns.BASE_SIDE, turns.BASE_SIDE), elem_id="chat-sides")
-    with gr.Row():
-        mem = gr.Markdown(memory_text, elem_id="chat-memory")
-        find_model = gr.Button("Search the Hub for a model…", size="sm")
-        unload_btn = gr.Button("Unload and free memory", size="sm")
-    blind = gr.Checkbox(True, label="Blind A/B: shuffle the sides each turn and hide the names until I vote")
+def _generation_settings() -> list:
+    """System prompt, temperature, top-p, max new tokens, repetition penalty, seed (in that order)."""
     with gr.Accordion("System prompt and generation settings (both sides)", open=False):
         system = gr.Textbox("", label="System prompt", lines=2, elem_id="chat-system")
         with gr.Row():
@@ -304,6 +281,48 @@ def build_chat_tab(tab: gr.Tab | None = None) -> ChatWiring:
             max_new = gr.Slider(8, 1024, value=192, step=8, label="Max new tokens", elem_id="chat-max-new")
             rep = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
             seed = gr.Number(0, precision=0, label="Seed")
+    return [system, temperature, top_p, max_new, rep, seed]
+
+
+def _vote_widgets():
+    """The four vote buttons, the edit box and its save button."""
+    with gr.Row():
+        vote_btns = [
+            gr.Button("Left is better", elem_id="chat-vote-left"),
+            gr.Button("Right is better", elem_id="chat-vote-right"),
+            gr.Button("Tie", elem_id="chat-vote-tie"),
+            gr.Button("Both are bad", elem_id="chat-vote-both-bad"),
+        ]
+    edited = gr.Textbox(
+        label="Edit: write a better answer (it becomes the chosen one)", lines=3, elem_id="chat-edit"
+    )
+    return vote_btns, edited, gr.Button("Save my answer as the chosen one")
+
+
+def build_chat_tab(tab: gr.Tab | None = None) -> ChatWiring:
+    """`tab`: the Chat tab, so that showing it lists the adapters trained meanwhile. Returns the
+    widgets the Runs tab's "Chat with it" fills (app.py wires it)."""
+    # only the session's id lives in the page; the turns live in studio.chat.session's registry
+    session_id = gr.State(turns.new_id, delete_callback=turns.forget)
+    warning = gr.Markdown(training_warning)  # a callable: re-read on every page load
+    with gr.Row():
+        base = common.model_picker(
+            "Base model",
+            "chat-base",
+            info="Models on this machine; or type a local folder or any Hub id (search in the Models tab)",
+            scale=2,
+        )
+        side_a = gr.Dropdown(adapter_choices(), value="base", label="Model A", scale=3, elem_id="chat-a")
+        side_b = gr.Dropdown(adapter_choices(), value="base", label="Model B", scale=3, elem_id="chat-b")
+        load_btn = gr.Button("Load", scale=1)
+    sides = gr.Markdown(sides_text(turns.BASE_SIDE, turns.BASE_SIDE), elem_id="chat-sides")
+    with gr.Row():
+        mem = gr.Markdown(memory_text, elem_id="chat-memory")
+        common.find_model_button()
+        unload_btn = gr.Button("Unload and free memory", size="sm")
+    blind = gr.Checkbox(True, label="Blind A/B: shuffle the sides each turn and hide the names until I vote")
+    settings = _generation_settings()
+    seed = settings[-1]
     with gr.Row():
         left = gr.Chatbot(label="Left", height=380, elem_id="chat-left")
         right = gr.Chatbot(label="Right", height=380, elem_id="chat-right")
@@ -322,20 +341,9 @@ def build_chat_tab(tab: gr.Tab | None = None) -> ChatWiring:
         stop_btn = gr.Button("Stop", variant="stop", visible=False)  # shown only while answering
         regen_btn = gr.Button("Regenerate")
         clear_btn = gr.Button("Clear")
-    with gr.Row():
-        vote_btns = [
-            gr.Button("Left is better", elem_id="chat-vote-left"),
-            gr.Button("Right is better", elem_id="chat-vote-right"),
-            gr.Button("Tie", elem_id="chat-vote-tie"),
-            gr.Button("Both are bad", elem_id="chat-vote-both-bad"),
-        ]
-    edited = gr.Textbox(
-        label="Edit: write a better answer (it becomes the chosen one)", lines=3, elem_id="chat-edit"
-    )
-    save_edit = gr.Button("Save my answer as the chosen one")
+    vote_btns, edited, save_edit = _vote_widgets()
     reveal = gr.Markdown(elem_id="chat-reveal")
 
-    settings = [system, temperature, top_p, max_new, rep, seed]
     send_inputs = [prompt, session_id, base, side_a, side_b, blind, *settings]
     send_outputs = [left, right, session_id, prompt, reveal, speed, warning, mem]
     show_stop = dict(fn=lambda: gr.update(visible=True), inputs=None, outputs=[stop_btn], queue=False)
@@ -350,8 +358,6 @@ def build_chat_tab(tab: gr.Tab | None = None) -> ChatWiring:
     questions.input(lambda q: q or gr.update(), [questions], [prompt])
     gr.on([side_a.change, side_b.change], sides_text, [side_a, side_b], [sides], show_progress="hidden")
     clear_btn.click(on_clear, [session_id], [left, right, reveal, speed])
-    base.focus(lambda: gr.update(choices=models.local_specs()), None, base)
-    find_model.click(None, js=common.OPEN_MODELS_TAB)
     load_btn.click(on_load, [base, side_a, side_b], [mem])
     unload_btn.click(on_unload, None, [mem])
     if tab is not None:

@@ -139,3 +139,38 @@ NOTICE_JS = """() => {
     }
   }).observe(document.body, {childList: true, subtree: true, characterData: true});
 }"""
+
+
+MODEL_INFO = (
+    "'default' (embedded SmolLM2-135M-Instruct) and the models on this machine; or type a local folder "
+    "or any Hub id (search in the Models tab)"
+)
+
+
+def model_picker(label: str, elem_id: str, info: str = MODEL_INFO, **layout):
+    """The model field every tab shares: 'default' and the models on this machine (re-read when the
+    field is focused, so a model downloaded meanwhile is listed), or any folder or Hub id typed in."""
+    import gradio as gr
+
+    from studio import models
+
+    dropdown = gr.Dropdown(
+        models.local_specs(),
+        value="default",
+        allow_custom_value=True,
+        label=label,
+        info=info,
+        elem_id=elem_id,
+        **layout,
+    )
+    dropdown.focus(lambda: gr.update(choices=models.local_specs()), None, dropdown)
+    return dropdown
+
+
+def find_model_button():
+    """ "Search the Hub for a model…": opens the Models tab."""
+    import gradio as gr
+
+    button = gr.Button("Search the Hub for a model…", size="sm")
+    button.click(None, js=OPEN_MODELS_TAB)
+    return button

@@ -231,20 +231,13 @@ def _source_column():
         label="Method",
         info="auto: whatever the data fits; a preference method needs pairs",
     )
-    model = gr.Dropdown(
-        models.local_specs(),
-        value="default",
-        allow_custom_value=True,
-        label="Model",
-        info="'default' (embedded SmolLM2-135M-Instruct) and the models on this machine; or type a local folder or any Hub id (search in the Models tab)",
-        elem_id="data-model",
-    )
-    find_model = gr.Button("Search the Hub for a model…", size="sm")
+    model = common.model_picker("Model", "data-model")
+    common.find_model_button()
     template = gr.Dropdown(TEMPLATES, value=TEMPLATES[0], label="Chat template")
     max_length = gr.Number(1024, label="Max length (tokens)", precision=0, minimum=16)
     check_btn = gr.Button("Check dataset", variant="primary")
     check_note = gr.Markdown(elem_id="data-check-note")
-    return upload, choice, panel, [method, model, template, max_length], find_model, check_btn, check_note
+    return upload, choice, panel, [method, model, template, max_length], check_btn, check_note
 
 
 @dataclass
@@ -310,7 +303,7 @@ def build_data_tab() -> None:
     path = gr.State(None)
     with gr.Row():
         with gr.Column(scale=1):
-            upload, choice, panel, settings, find_model, check_btn, check_note = _source_column()
+            upload, choice, panel, settings, check_btn, check_note = _source_column()
         with gr.Column(scale=2):
             v = _view_column()
     shown = [v.chat, v.system_note, v.legend, v.tokens]
@@ -328,6 +321,4 @@ def build_data_tab() -> None:
         lambda exact: (gr.update(visible=not exact), gr.update(visible=exact)), v.exact, [v.chat, v.tokens]
     )
     v.save.click(on_save, [path, v.name, settings[0]], [choice, upload, v.active, v.saved])
-    settings[1].focus(lambda: gr.update(choices=models.local_specs()), None, settings[1])
-    find_model.click(None, js=common.OPEN_MODELS_TAB)
     wire_hub_panel(panel, v.hub_preview, settings, check_path, outputs)

@@ -172,6 +172,23 @@ def on_refresh(run_id: str | None, known: list[str] | None):
     )
 
 
+def _curves(label: str, y_title: str, elem_id: str, legend: str = "", height: int = 260, visible=True):
+    """A line per series of a `common.series_frame`, its legend under the axes (never clipped:
+    app.py's .studio-plot rule) titled `legend` (none by default: the entries name themselves)."""
+    return gr.LinePlot(
+        x="step",
+        y="value",
+        color="series",
+        label=label,
+        y_title=y_title,
+        color_title=legend,
+        height=height,
+        visible=visible,
+        elem_id=elem_id,
+        elem_classes="studio-plot",
+    )
+
+
 def _act(action, run_id: str | None, done: str) -> None:
     if not run_id:
         gr.Warning("Select a run first.")
@@ -287,54 +304,14 @@ def build_runs_tab(tab: gr.Tab | None = None) -> tuple[gr.Dropdown, gr.Button, g
     summary = gr.Markdown(elem_id="run-summary")
     probes = gr.HTML(elem_id="run-probes")
     with gr.Row():
-        loss_plot = gr.LinePlot(
-            x="step",
-            y="value",
-            color="series",
-            label="Loss (train and eval)",
-            y_title="loss",
-            color_title="",
-            height=260,
-            elem_id="runs-loss",
-            elem_classes="studio-plot",
-        )
-        lr_plot = gr.LinePlot(
-            x="step",
-            y="value",
-            color="series",
-            label="Learning rate",
-            y_title="learning rate",
-            color_title="",
-            height=260,
-            elem_id="runs-lr",
-            elem_classes="studio-plot",
-        )
-        pref_plot = gr.LinePlot(
-            x="step",
-            y="value",
-            color="series",
-            label="Reward margin and accuracy",
-            y_title="margin / accuracy",
-            color_title="",
-            height=260,
-            visible=False,
-            elem_id="runs-pref",
-            elem_classes="studio-plot",
-        )
+        loss_plot = _curves("Loss (train and eval)", "loss", "runs-loss")
+        lr_plot = _curves("Learning rate", "learning rate", "runs-lr")
+        pref_plot = _curves("Reward margin and accuracy", "margin / accuracy", "runs-pref", visible=False)
     log = gr.Code(label="Log (last lines)", language=None, lines=12)
     with gr.Accordion("Compare runs", open=False):
         to_compare = gr.Dropdown([], multiselect=True, label="Runs to compare (two or more)")
         compare_btn = gr.Button("Compare")
-        compare_plot = gr.LinePlot(
-            x="step",
-            y="value",
-            color="series",
-            label="Loss",
-            y_title="loss",
-            color_title="run",
-            height=300,
-            elem_classes="studio-plot",
-        )
+        compare_plot = _curves("Loss", "loss", "runs-compare", legend="run", height=300)
         compare_table = gr.Dataframe(label="Recipes side by side (differences first)", interactive=False)
 
     known = gr.State(None)  # run ids seen by the last tick: a new one gets selected

@@ -81,18 +81,8 @@ def _build_pickers() -> tuple[gr.Dropdown, gr.Dropdown]:
             scale=2,
             elem_id="train-dataset",
         )
-        model = gr.Dropdown(
-            models.local_specs(),
-            value="default",
-            allow_custom_value=True,
-            elem_id="train-model",
-            label="Model",
-            scale=2,
-            info="'default' (embedded SmolLM2-135M-Instruct) and the models on this machine; or type a local folder or any Hub id (search in the Models tab)",
-        )
-    find_model = gr.Button("Search the Hub for a model…", size="sm")
-    find_model.click(None, js=common.OPEN_MODELS_TAB)
-    model.focus(lambda: gr.update(choices=models.local_specs()), None, model)
+        model = common.model_picker("Model", "train-model", scale=2)
+    common.find_model_button()
     return dataset, model
 
 
