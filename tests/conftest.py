@@ -13,12 +13,26 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on a 2-core machine: one math thread each (inherited by the
+    # trainers and apps they start), so the two never fight over the cores.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support.app import CHROMIUM, CHROMIUM_ARGS, AppServer, screenshot  # noqa: E402,F401
 from tests.support.tinymodel import build_tiny_model  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """Under `-n 2 --dist loadgroup`, every test of the shared real-model run goes to one worker, so
+    that run is trained once."""
+    for item in items:
+        if "default_tuned_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("default_tuned_run"))
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ def _ask(client, tiny_model: str, prompt: str) -> tuple:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_eight_chat_clients_all_answered_in_queue_order_with_stable_memory(tiny_model, studio_home):
     from gradio_client import Client
 

@@ -129,6 +129,7 @@ def test_eight_concurrent_streams_on_mixed_adapters_share_decode_steps(served, u
     assert steps < 0.5 * 16 * len(jobs), f"{steps} decode steps for 8 answers of 16 tokens: not batched"
 
 
+@pytest.mark.serial
 def test_disconnect_frees_the_slot_and_a_full_server_answers_429(served, monkeypatch):
     small = api.Served(served.engine, Batcher(served.engine, max_batch=1, max_waiting=0), served.base_id)
     try:

@@ -106,6 +106,7 @@ def _seconds(iso: str) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_tune_measure_estimates_the_real_run_within_2x(tiny_model, studio_home):
     env = {**os.environ, "STUDIO_HOME": str(studio_home)}
     proc = subprocess.run(
