@@ -23,7 +23,7 @@ run: install
 # Two workers (the tests wait on browsers and subprocesses about half the time), one math thread
 # each (tests/conftest.py); the few tests that time themselves against the machine run alone after.
 test: install-dev
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not serial"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 -m "not serial"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m serial
 
 lint: install-dev

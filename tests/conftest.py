@@ -26,15 +26,6 @@ from tests.support.app import CHROMIUM, CHROMIUM_ARGS, AppServer, screenshot  # 
 from tests.support.tinymodel import build_tiny_model  # noqa: E402
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items):
-    """Under `-n 2 --dist loadgroup`, every test of the shared real-model run goes to one worker, so
-    that run is trained once."""
-    for item in items:
-        if "default_tuned_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("default_tuned_run"))
-
-
 @pytest.fixture(autouse=True)
 def studio_home(tmp_path, monkeypatch) -> Path:
     """Every test gets its own empty workspace."""
@@ -125,11 +116,30 @@ def default_tuned_run(default_model_home, tmp_path_factory) -> Path:
     `python -m studio tune sample:alpaca.jsonl` and the Train tab's "Plan my run" make, with the first
     five held-out questions as probes. Shared by the proofs that need a tuned adapter (the quick
     plan visibly teaches, A/B chat, evaluation, serving, pairs), so it is paid for once."""
+    import fcntl
+
+    # Under `make test` two pytest-xdist workers may both need it: they share one run through a lock
+    # in the session's common temporary folder, so it is trained once (the second worker waits).
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    run_dir = shared / "default_tuned_run" / "run"
+    with open(shared / "default_tuned_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run_dir / "plan.json").is_file():  # written last, once the run completed
+            _train_the_quick_plan(default_model_home, run_dir)
+    return run_dir
+
+
+def _train_the_quick_plan(default_model_home: Path, run_dir: Path) -> None:
     import json
+    import shutil
     import subprocess
 
+    shutil.rmtree(run_dir.parent, ignore_errors=True)  # what a failed attempt left
+    home = run_dir.parent / "home"
+    home.mkdir(parents=True)
     model = str(default_model_home / "models" / "SmolLM2-135M-Instruct")
-    home = tmp_path_factory.mktemp("tuned_home")
     old = os.environ.get("STUDIO_HOME")
     os.environ["STUDIO_HOME"] = str(home)
     try:
@@ -146,7 +156,6 @@ def default_tuned_run(default_model_home, tmp_path_factory) -> Path:
         p for p in (ROOT / "sample_data" / "heldout_prompts.txt").read_text().splitlines() if p.strip()
     ]
     sets += ["probes.prompts=" + json.dumps(prompts[:5]), "probes.max_new_tokens=24"]
-    run_dir = tmp_path_factory.mktemp("tuned") / "run"
     argv = [sys.executable, "-m", "studio", "train", plan.recipe, "--run-dir", str(run_dir)]
     for item in sets:
         argv += ["--set", item]
@@ -154,4 +163,3 @@ def default_tuned_run(default_model_home, tmp_path_factory) -> Path:
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run_dir / "plan.json").write_text(json.dumps({"steps": plan.steps, "sets": sets}))
-    return run_dir
