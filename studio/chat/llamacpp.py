@@ -15,7 +15,8 @@ over one memory-mapped base. Knows nothing about the UI, training or the prefere
 No prebuilt wheel of a llama.cpp binding installs on this platform today (llama-cpp-python ships
 sources only; other bindings need a newer glibc/libstdc++), so the binding is optional: build it
 with `python -m bench --install-llama-cpp` (portable AVX2 flags, ~8 min on 2 cores). Measured on
-the embedded model with that build: 2.6x the PyTorch engine's fp32 tokens/s; the greedy text equals
+the embedded model with that build: 2.6x the PyTorch engine's fp32 tokens/s (whole answers, first
+token included: indicative, see bench/RESULTS.md); the greedy text equals
 the engine's for 32 tokens on 2 of 5 held-out prompts (llama.cpp multiplies the Q4_1 weights with
 8-bit activations, the engine with fp32 ones, so near-ties can flip early).
 """

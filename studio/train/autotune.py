@@ -112,8 +112,8 @@ def choose(facts: Facts) -> Plan:
 def _four_bit(facts: Facts) -> Choice:
     # QLoRA (Dettmers et al. 2023, arXiv:2305.14314): a 4-bit frozen base trains nearly as well as
     # 16-bit LoRA at a quarter of the weight memory, but it rounds the weights and saves no time
-    # (measured on this project's 2-core CPU: a step of the quick plan took 3.8 s in 4-bit, 4.1-4.4 s
-    # in 16-bit; GPUs pay for dequantizing). So 4-bit only when 16-bit does not fit comfortably: the
+    # (on this project's 2-core CPU, one 7-step run each, one after another: a step of the quick plan
+    # took 3.8 s in 4-bit, 4.1-4.4 s in 16-bit; GPUs pay for dequantizing). So 4-bit only when 16-bit does not fit comfortably: the
     # full estimate (weights, adapter and optimizer, activations, logits, framework) within 80% of
     # free memory, the memory check's "fits"; without an estimate, 16-bit weights within half of it.
     label, key = "Shrink the model to 4-bit", "quantization.load_in_4bit"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.chat import adapters
+from studio.chat import adapters as chat_adapters
 from studio.chat import engine as chat
 from studio.serve import client, keys, process
 
@@ -25,7 +25,7 @@ def adapter_choices() -> list[tuple[str, str]]:
 
 
 def _served_as(adapter: Path) -> str:
-    title, label = adapters.adapter_title(adapter), adapters.adapter_label(adapter)
+    title, label = chat_adapters.adapter_title(adapter), chat_adapters.adapter_label(adapter)
     return title if title == label else f'{title} (model "{label}")'
 
 
