@@ -1,12 +1,13 @@
 """What one answer asks for and how its tokens are chosen: sampling settings (`GenSettings`), the
 growing answer (`Reply`), a conversation turned into prompt ids with the model's chat template,
 the device and dtype chat runs in, and picking the next token (repetition penalty, greedy or
-temperature + top-p from a seeded generator). Knows nothing about batches, adapters or the UI.
+temperature + top-p from a seeded generator), and a row's picked tokens turned into its growing
+text (`_Row`, `_advance`). Knows nothing about batches, adapters, engines or the UI.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -121,3 +122,49 @@ def _pick(logits, seen: set[int], settings: GenSettings, generator) -> int:
         ordered = ordered * ((ordered.cumsum(0) - ordered) < settings.top_p)  # the head that reaches top_p
         return int(order[torch.multinomial(ordered, 1, generator=generator)])
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@dataclass
+class _Row:
+    prompt: list[int]
+    generator: object
+    tokens: list[int] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)  # prompt + answer tokens, for the repetition penalty
+    reply: Reply = field(default_factory=Reply)
+    prefix: int = 0  # incremental detokenization: tokens[prefix:read] were decoded last time
+    read: int = 0
+
+
+def _advance(row: _Row, tokenizer, eos: frozenset, finish: str | None, limit: int, now: float) -> None:
+    """Take in the token `_step` just picked for a row: EOS, length limit, or more text."""
+    reply = row.reply
+    if reply.finish is not None:
+        return
+    if finish is None and reply.tokens < len(row.tokens):  # _step appended a token
+        token = row.tokens[-1]
+        if token in eos:
+            row.tokens.pop()
+            finish = "eos"
+        else:
+            reply.tokens = len(row.tokens)
+            reply.text += _new_text(row, tokenizer)
+            if reply.tokens >= limit:
+                finish = "length"
+    if finish is not None:
+        reply.text = tokenizer.decode(row.tokens, skip_special_tokens=True)
+    reply.elapsed, reply.finish = now, finish
+
+
+def _new_text(row: _Row, tokenizer) -> str:
+    """The text the newest token adds, decoding only a short window (not the whole answer per token).
+
+    Decodes tokens[prefix:] and tokens[prefix:read] and returns what the new token appended; the
+    window keeps one token of context so tokenizers that drop a leading space stay right. Waits
+    (returns "") while a multi-byte character is incomplete. The final text is decoded whole.
+    """
+    before = tokenizer.decode(row.tokens[row.prefix : row.read], skip_special_tokens=True)
+    after = tokenizer.decode(row.tokens[row.prefix :], skip_special_tokens=True)
+    if len(after) <= len(before) or after.endswith("\ufffd"):
+        return ""
+    row.prefix, row.read = row.read, len(row.tokens)
+    return after[len(before) :]

@@ -25,12 +25,21 @@ import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from studio import models
-from studio.chat.adapters import BASE, LoadedAdapters, Route, adapter_folder, adapter_label, list_adapters
-from studio.chat.decoding import GenSettings, Reply, _device_and_dtype, _pick, _prompt_ids
+from studio.chat import llamacpp
+from studio.chat.adapters import (
+    BASE,
+    LoadedAdapters,
+    Route,
+    adapter_folder,
+    adapter_label,
+    list_adapters,
+    read_config,
+)
+from studio.chat.decoding import GenSettings, Reply, _advance, _device_and_dtype, _pick, _prompt_ids, _Row
 
 # adapter helpers stay importable from here: code written against the one-module engine uses them
 __all__ = ["BASE", "ChatEngine", "GenSettings", "Reply", "adapter_folder", "adapter_label"]
@@ -60,17 +69,7 @@ class _Group:
     length: int = 0  # columns of `mask` in use (prompt + tokens fed so far)
     positions: object = None
     next_ids: object = None
-
-
-@dataclass
-class _Row:
-    prompt: list[int]
-    generator: object
-    tokens: list[int] = field(default_factory=list)
-    seen: set[int] = field(default_factory=set)  # prompt + answer tokens, for the repetition penalty
-    reply: Reply = field(default_factory=Reply)
-    prefix: int = 0  # incremental detokenization: tokens[prefix:read] were decoded last time
-    read: int = 0
+    on_llama: bool = False  # one row whose steps run on a llama.cpp context (then `cache`)
 
 
 class ChatEngine:
@@ -94,6 +93,9 @@ class ChatEngine:
         self._tokenizer = None
         self._device = None
         self._eos: set[int] = set()
+        self._llama: llamacpp.LlamaCppBase | None = None  # the llama.cpp path, when it serves this base
+        self._llama_why = "no model is loaded"  # why it does not (shown per pane)
+        self._llama_skip: dict[str, str] = {}  # adapters it cannot serve, and why
 
     @property
     def loaded(self) -> bool:
@@ -115,12 +117,20 @@ class ChatEngine:
         return self._adapters.serving(adapter)
 
     def load(
-        self, base_spec: str, progress: Callable[[float, str], None] | None = None, dtype: str = "auto"
+        self,
+        base_spec: str,
+        progress: Callable[[float, str], None] | None = None,
+        dtype: str = "auto",
+        llama_cpp: bool = False,
     ) -> None:
-        """Load the base model (a no-op when it is already the one loaded), dropping any other."""
+        """Load the base model (a no-op when it is already the one loaded), dropping any other.
+
+        `llama_cpp`: also map the base in llama.cpp where it can serve it (a CPU with the binding,
+        studio.chat.llamacpp); one- and two-pane streams then decode there, evaluations stay here.
+        """
         progress = progress or models._noop
         with self._lock:
-            if self.loaded and base_spec == self.spec and dtype == self.dtype:
+            if self.loaded and (base_spec, dtype, llama_cpp) == (self.spec, self.dtype, self._wants_llama):
                 return
             self.unload()
             device, torch_dtype = _device_and_dtype(dtype)
@@ -132,8 +142,33 @@ class ChatEngine:
             self._eos.discard(None)
             self._adapters = LoadedAdapters(model, base_spec, models.resolve(base_spec), device)
             self._tokenizer, self._device = tokenizer, device
-            self.spec, self.dtype = base_spec, dtype
+            self.spec, self.dtype, self._wants_llama = base_spec, dtype, llama_cpp
+            if llama_cpp:
+                self._start_llama(model, progress)
         progress(1.0, f"{base_spec} ready for chat")
+
+    def _start_llama(self, model, progress) -> None:
+        import torch
+
+        architecture = (getattr(model.config, "architectures", None) or ["?"])[0]
+        why = llamacpp.base_problem(self._device.type, architecture, llamacpp.unavailable())
+        if why is None:
+            try:
+                gguf = llamacpp.base_gguf(self._adapters.path, progress)
+                window = min(self._window(), 4096)
+                self._llama = llamacpp.LlamaCppBase(gguf, n_ctx=window, threads=torch.get_num_threads())
+            except (ValueError, OSError, RuntimeError) as exc:
+                why = f"llama.cpp cannot load this model: {str(exc).split(' — ')[0]}"
+        self._llama_why = why or ""
+
+    def path(self, adapter: str | None) -> llamacpp.PathChoice:
+        """Which path answers for this adapter (None: the base) in a chat pane, and why."""
+        with self._lock:
+            if self._llama is None:
+                return llamacpp.PathChoice(llamacpp.TORCH, self._llama_why)
+            if adapter in (None, BASE) or self._llama.serves(adapter):
+                return llamacpp.FASTEST
+            return llamacpp.PathChoice(llamacpp.TORCH, self._llama_skip.get(adapter, "not loaded"))
 
     def _require_loaded(self) -> None:
         if not self.loaded:
@@ -144,19 +179,36 @@ class ChatEngine:
         folder = adapter_folder(path)  # a bad folder is reported even before a model is loaded
         with self._lock:
             self._require_loaded()
-            return self._adapters.add(folder)
+            name = self._adapters.add(folder)
+            if self._llama is not None and not self._llama.serves(name):
+                self._llama_skip[name] = self._add_llama_lora(name, folder) or ""
+            return name
+
+    def _add_llama_lora(self, name: str, folder: Path) -> str | None:
+        """Serve the adapter on llama.cpp too; why not, when it cannot."""
+        why = llamacpp.lora_problem(read_config(folder))
+        if why is None:
+            try:
+                self._llama.add_lora(name, llamacpp.lora_gguf(folder, self._model.config.to_dict()))
+            except (ValueError, OSError) as exc:
+                why = f"llama.cpp cannot read this adapter: {exc}"
+        return why
 
     def remove_adapter(self, name: str) -> None:
         """Forget one adapter and free what only it used."""
         with self._lock:
             if self._adapters is not None:
                 self._adapters.remove(name)
+            if self._llama is not None:
+                self._llama.remove_lora(name)
         _free()
 
     def unload(self) -> None:
         """Drop the base model and every adapter; open streams end with finish 'unloaded'."""
         with self._lock:
             self._epoch += 1
+            if self._llama is not None:
+                self._llama.close()
             self._reset()
         _free()
 
@@ -167,8 +219,10 @@ class ChatEngine:
         """(tokenizer, EOS ids, context window, epoch) of the loaded base; the epoch changes on load."""
         with self._lock:
             self._require_loaded()
-            window = int(getattr(self._model.config, "max_position_embeddings", 0) or 1 << 20)
-            return self._tokenizer, frozenset(self._eos), window, self._epoch
+            return self._tokenizer, frozenset(self._eos), self._window(), self._epoch
+
+    def _window(self) -> int:
+        return int(getattr(self._model.config, "max_position_embeddings", 0) or 1 << 20)
 
     def prompt_ids(self, messages: list[dict], system_prompt: str = "") -> list[int]:
         """The prompt's token ids exactly as `stream` reads them (ValueError on a bad message)."""
@@ -249,13 +303,35 @@ class ChatEngine:
             limit = self._room(rows, settings.max_new_tokens)
             groups: dict[tuple, _Group] = {}
             for i, route in enumerate(routes):
+                if self._on_llama(route, len(sides), len(rows[i].prompt) + limit):
+                    groups[("llama.cpp", i)] = _Group(route, [i], [route.name], on_llama=True)
+                    continue
                 key = (id(route.model), route.mixed or route.name)  # id(None): the shared weights
                 groups.setdefault(key, _Group(route, [], [], room=limit + 1)).rows.append(i)
                 groups[key].names.append(route.name)
             context = (self._epoch, self._tokenizer, frozenset(self._eos), limit)  # a later load changes them
             return self._loop(rows, list(groups.values()), settings, stop, context)
 
+    def _on_llama(self, route: Route, sides: int, tokens: int) -> bool:
+        """Chat panes (one or two sides) that llama.cpp serves and whose answer fits its window."""
+        adapter = None if route.name == BASE else route.name
+        llama = self._llama
+        return sides <= 2 and llama is not None and llama.serves(adapter) and tokens <= llama.n_ctx
+
     def _loop(self, rows: list[_Row], groups: list[_Group], settings: GenSettings, stop, context: tuple):
+        try:
+            yield from self._steps(rows, groups, settings, stop, context)
+        finally:  # done, stopped or abandoned: llama.cpp contexts go back for the next answer
+            with self._lock:
+                for group in groups:
+                    if group.on_llama and group.cache is not None:
+                        if self._llama is not None and self._epoch == context[0]:
+                            self._llama.give_back(group.cache)
+                        else:
+                            group.cache.close()
+                        group.cache = None
+
+    def _steps(self, rows: list[_Row], groups: list[_Group], settings: GenSettings, stop, context: tuple):
         epoch, tokenizer, eos, limit = context
         start = time.perf_counter()
         while any(row.reply.finish is None for row in rows):
@@ -289,6 +365,8 @@ class ChatEngine:
         """One forward pass for a group (the prompt first, then one token per row) and its picks."""
         import torch
 
+        if group.on_llama:
+            return self._step_llama(group, rows[group.rows[0]], settings)
         route = group.route
         # the shared weights are looked up per step: removing the last adapter unwraps the PeftModel
         peft = self._adapters.peft
@@ -326,6 +404,19 @@ class ChatEngine:
                 picks.append(ids[j, -1].item() if token is None else token)
             group.next_ids = torch.tensor(picks, device=self._device).unsqueeze(1)
 
+    def _step_llama(self, group: _Group, row: _Row, settings: GenSettings) -> None:
+        """One token on a llama.cpp context, picked by the same sampler as the PyTorch rows."""
+        import torch
+
+        if group.cache is None:
+            group.cache = self._llama.borrow(None if group.route.name == BASE else group.route.name)
+            logits = group.cache.prefill(row.prompt)
+        else:
+            logits = group.cache.feed(row.tokens[-1])
+        token = _pick(torch.from_numpy(logits), row.seen, settings, row.generator)
+        row.tokens.append(token)
+        row.seen.add(token)
+
     def _next_input(self, group: _Group, rows: list[_Row]):
         """The ids to feed next: the left-padded prompts first, then each row's last pick."""
         import torch
@@ -352,41 +443,6 @@ class ChatEngine:
         return group.next_ids
 
 
-def _advance(row: _Row, tokenizer, eos: frozenset, finish: str | None, limit: int, now: float) -> None:
-    """Take in the token `_step` just picked for a row: EOS, length limit, or more text."""
-    reply = row.reply
-    if reply.finish is not None:
-        return
-    if finish is None and reply.tokens < len(row.tokens):  # _step appended a token
-        token = row.tokens[-1]
-        if token in eos:
-            row.tokens.pop()
-            finish = "eos"
-        else:
-            reply.tokens = len(row.tokens)
-            reply.text += _new_text(row, tokenizer)
-            if reply.tokens >= limit:
-                finish = "length"
-    if finish is not None:
-        reply.text = tokenizer.decode(row.tokens, skip_special_tokens=True)
-    reply.elapsed, reply.finish = now, finish
-
-
-def _new_text(row: _Row, tokenizer) -> str:
-    """The text the newest token adds, decoding only a short window (not the whole answer per token).
-
-    Decodes tokens[prefix:] and tokens[prefix:read] and returns what the new token appended; the
-    window keeps one token of context so tokenizers that drop a leading space stay right. Waits
-    (returns "") while a multi-byte character is incomplete. The final text is decoded whole.
-    """
-    before = tokenizer.decode(row.tokens[row.prefix : row.read], skip_special_tokens=True)
-    after = tokenizer.decode(row.tokens[row.prefix :], skip_special_tokens=True)
-    if len(after) <= len(before) or after.endswith("\ufffd"):
-        return ""
-    row.prefix, row.read = row.read, len(row.tokens)
-    return after[len(before) :]
-
-
 def _free() -> None:
     import torch
 
@@ -408,5 +464,5 @@ def get_engine(
         if _ENGINE is None:
             _ENGINE = ChatEngine()
     if base_spec is not None:
-        _ENGINE.load(base_spec, progress)
+        _ENGINE.load(base_spec, progress, llama_cpp=True)
     return _ENGINE

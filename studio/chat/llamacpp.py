@@ -1,38 +1,43 @@
-"""The llama.cpp path for chat on CPUs: which path serves a pane, and LoRA adapters as GGUF LoRA.
+"""The llama.cpp path for chat on CPUs: which path serves a pane, the files it needs, its contexts.
 
-On a CPU llama.cpp decodes several times faster than PyTorch eager on the same model file, so
-chat uses it when a binding (`llama-cpp-python`) is installed, the model runs on the CPU, the base
-has a GGUF file (the embedded default model ships as one) and every adapter is a plain LoRA on an
-architecture llama.cpp knows; otherwise the PyTorch engine (studio.chat.engine) serves, and always
-for DoRA. `choose_path` says which, and why, in plain words for the Chat tab.
+On a CPU llama.cpp decodes faster than PyTorch eager on the same weights, so chat uses it when a
+binding (`llama-cpp-python`) is installed, the model runs on the CPU, its architecture is one the
+GGUF writer knows and the side's adapter is a plain LoRA; otherwise, and always for DoRA, the
+PyTorch engine (studio.chat.engine) serves. `choose_path` says which, and why, in plain words.
 
-`lora_to_gguf` writes a PEFT LoRA adapter as a GGUF LoRA adapter (the layout of llama.cpp's own
-converter: `blk.N.<tensor>.weight.lora_a/.lora_b`, `adapter.lora.alpha`), with q/k rows permuted
-the way the GGUF base stores them. `LlamaCppEngine` streams the same `Reply` objects as the
-PyTorch engine (prompt built and text decoded by the same tokenizer code), one context per side
-over one memory-mapped base. Knows nothing about the UI, training or the preference store.
+Files, made once and kept under STUDIO_HOME/models/llama.cpp (this module owns that folder):
+- the base as a 16-bit GGUF written from the same safetensors the PyTorch engine loads
+  (studio.publish.export.export_gguf). 16-bit, not the embedded model's 4-bit GGUF: llama.cpp
+  multiplies 4-bit weights with 8-bit activations, and the answers then part from the PyTorch
+  engine's within a few words on 3 of 5 probe prompts; from the 16-bit file they match for the
+  first 32 tokens on all 5 (bench/RESULTS.md has both speeds).
+- each LoRA adapter as a GGUF LoRA (`lora_to_gguf`: `blk.N.<tensor>.weight.lora_a/.lora_b`,
+  `adapter.lora.alpha`), q/k rows permuted the way the GGUF base stores them.
 
-No prebuilt wheel of a llama.cpp binding installs on this platform today (llama-cpp-python ships
-sources only; other bindings need a newer glibc/libstdc++), so the binding is optional: build it
-with `python -m bench --install-llama-cpp` (portable AVX2 flags, ~8 min on 2 cores). Measured on
-the embedded model with that build: 2.6x the PyTorch engine's fp32 tokens/s (whole answers, first
-token included: indicative, see bench/RESULTS.md); the greedy text equals
-the engine's for 32 tokens on 2 of 5 held-out prompts (llama.cpp multiplies the Q4_1 weights with
-8-bit activations, the engine with fp32 ones, so near-ties can flip early).
+`LlamaCppBase` maps the base once and lends `Context`s (each its own KV cache, with one adapter
+or none applied) to the engine's decode loop, which samples from their logits exactly as it does
+from PyTorch's: same sampler, seeds, stop and streaming. Knows nothing about the UI or training.
+The binding has no prebuilt wheel for this platform; `make install-dev` (and
+`python -m bench --install-llama-cpp`) builds it for a portable AVX2 CPU in about 8 minutes.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import importlib.util
 import json
+import logging
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 TORCH = "PyTorch"
 LLAMA_CPP = "llama.cpp"
-# Hugging Face architectures whose GGUF tensors llama.cpp names as below (blk.N.attn_q ...)
-ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+# the architectures studio.publish.export writes as GGUF (llama.cpp's blk.N.attn_q ... names)
+ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM"}
 _TENSOR = {
     "q_proj": "attn_q",
     "k_proj": "attn_k",
@@ -50,8 +55,7 @@ def unavailable() -> str | None:
         return "STUDIO_CHAT_PATH=pytorch asks for the PyTorch engine"
     if importlib.util.find_spec("llama_cpp") is None:
         return (
-            "no llama.cpp binding is installed (`python -m bench --install-llama-cpp` builds "
-            "llama-cpp-python for this CPU)"
+            "no llama.cpp binding is installed (`make install-dev` or `python -m bench --install-llama-cpp`)"
         )
     return None
 
@@ -67,47 +71,44 @@ class PathChoice:
         return f"{self.path} ({self.reason})"
 
 
-def choose_path(
-    device: str,
-    architecture: str,
-    has_gguf: bool,
-    adapter_configs: list[dict],
-    problem: str | None = None,
-) -> PathChoice:
-    """llama.cpp on a CPU when the binding, a GGUF base and plain-LoRA adapters allow it."""
+FASTEST = PathChoice(LLAMA_CPP, "fastest on this CPU")
+
+
+def base_problem(device: str, architecture: str, problem: str | None = None) -> str | None:
+    """Why a base model cannot be served by llama.cpp (None when it can)."""
     if device != "cpu":
-        return PathChoice(TORCH, f"the model runs on {device}")
+        return f"the model runs on {device}"
     if problem:
-        return PathChoice(TORCH, problem)
+        return problem
     if architecture not in ARCHITECTURES:
-        return PathChoice(TORCH, f"llama.cpp adapters are not wired for {architecture}")
-    if not has_gguf:
-        return PathChoice(TORCH, "this base has no GGUF file yet (export it from the Publish tab)")
+        return f"llama.cpp is not wired for {architecture}"
+    return None
+
+
+def lora_problem(config: dict) -> str | None:
+    """Why an adapter (its adapter_config.json) cannot be served by llama.cpp (None when it can)."""
+    if config.get("use_dora"):
+        return "DoRA adapters run on PyTorch only"
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+        return f"{config.get('peft_type')} adapters run on PyTorch only"
+    unknown = sorted(set(_targets(config)) - set(_TENSOR))
+    if unknown:
+        return f"the adapter changes {', '.join(unknown)}, which llama.cpp LoRA lacks"
+    if config.get("modules_to_save") or config.get("rank_pattern") or config.get("alpha_pattern"):
+        return "the adapter trains whole modules or per-layer ranks, which llama.cpp LoRA lacks"
+    if config.get("bias", "none") != "none":
+        return "the adapter trains biases, which llama.cpp LoRA lacks"
+    return None
+
+
+def choose_path(
+    device: str, architecture: str, adapter_configs: list[dict], problem: str | None = None
+) -> PathChoice:
+    """llama.cpp on a CPU when the binding, the architecture and plain-LoRA adapters allow it."""
+    why = base_problem(device, architecture, problem)
     for config in adapter_configs:
-        if config.get("use_dora"):
-            return PathChoice(TORCH, "DoRA adapters run on PyTorch only")
-        unknown = sorted(set(_targets(config)) - set(_TENSOR))
-        if unknown:
-            return PathChoice(TORCH, f"the adapter changes {', '.join(unknown)}, which llama.cpp LoRA lacks")
-    return PathChoice(LLAMA_CPP, "fastest on this CPU")
-
-
-def path_for(engine, adapters: list[str | None]) -> PathChoice:
-    """Which path would serve a pane of a loaded ChatEngine answering with these adapters."""
-    from studio import models
-
-    model = engine._model
-    if model is None:
-        return PathChoice(TORCH, "no model is loaded")
-    configs = []
-    for name in adapters:
-        if name is not None:
-            folder = engine.adapters[name]
-            configs.append(json.loads((Path(folder) / "adapter_config.json").read_text()))
-    architecture = (getattr(model.config, "architectures", None) or ["?"])[0]
-    has_gguf = engine.spec == "default" and models.gguf_path().is_file()
-    device = next(model.parameters()).device.type
-    return choose_path(device, architecture, has_gguf, configs, unavailable())
+        why = why or lora_problem(config)
+    return PathChoice(TORCH, why) if why else FASTEST
 
 
 def _targets(config: dict) -> list[str]:
@@ -122,7 +123,7 @@ def _permute(rows, heads: int):
 
 
 def lora_to_gguf(adapter: str | Path, model_config: dict, out: str | Path) -> Path:
-    """Write a PEFT LoRA adapter folder as a GGUF LoRA file next to nothing else; returns `out`.
+    """Write a PEFT LoRA adapter folder as a GGUF LoRA file; returns `out`.
 
     `model_config` is the base's config.json (heads are needed for the q/k row order). Raises
     ValueError naming the file and the fix for DoRA, unknown target modules or a missing file.
@@ -133,7 +134,7 @@ def lora_to_gguf(adapter: str | Path, model_config: dict, out: str | Path) -> Pa
 
     folder, out = Path(adapter), Path(out)
     config = json.loads((folder / "adapter_config.json").read_text())
-    choice = choose_path("cpu", model_config.get("architectures", ["?"])[0], True, [config])
+    choice = choose_path("cpu", model_config.get("architectures", ["?"])[0], [config])
     if choice.path != LLAMA_CPP:
         raise ValueError(f"{folder}: cannot convert for llama.cpp: {choice.reason}")
     weights_file = folder / "adapter_model.safetensors"
@@ -141,10 +142,14 @@ def lora_to_gguf(adapter: str | Path, model_config: dict, out: str | Path) -> Pa
         raise ValueError(f"{weights_file} is missing: save the adapter with safetensors (PEFT's default)")
     heads = int(model_config["num_attention_heads"])
     kv_heads = int(model_config.get("num_key_value_heads") or heads)
+    rank = int(config.get("r", 8))
+    alpha = float(config.get("lora_alpha", rank))
+    if config.get("use_rslora"):  # PEFT scales by alpha/sqrt(r); llama.cpp by alpha/r
+        alpha *= math.sqrt(rank)
     writer = gguf.GGUFWriter(str(out), "llama")
     writer.add_string("general.type", "adapter")
     writer.add_string("adapter.type", "lora")
-    writer.add_float32("adapter.lora.alpha", float(config.get("lora_alpha", config.get("r", 8))))
+    writer.add_float32("adapter.lora.alpha", alpha)
     count = 0
     for key, value in sorted(load_file(str(weights_file)).items()):
         # base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight
@@ -167,65 +172,185 @@ def lora_to_gguf(adapter: str | Path, model_config: dict, out: str | Path) -> Pa
     return out
 
 
-class LlamaCppEngine:
-    """Streams `Reply` objects from llama.cpp: one context per side over one memory-mapped GGUF."""
+# ---- files: made once per source and kept ---------------------------------------------------------
 
-    def __init__(self) -> None:
-        self._contexts: dict[str | None, object] = {}
-        self._tokenizer = None
-        self.spec: str | None = None
 
-    def load(self, base_spec: str = "default") -> None:
-        from llama_cpp import Llama
+def _cache_dir() -> Path:
+    from studio import workspace
 
-        from studio import models
+    folder = workspace.models_dir() / "llama.cpp"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
-        if base_spec != "default":
-            raise ValueError(f"{base_spec!r}: the llama.cpp path serves the embedded default model only")
-        self._tokenizer = models.load_tokenizer(base_spec)
-        self._path = str(models.gguf_path())
-        self._contexts = {None: Llama(self._path, n_ctx=2048, n_threads=os.cpu_count(), verbose=False)}
-        self.spec = base_spec
 
-    def add_lora(self, name: str, gguf_lora: str | Path) -> str:
-        """A second context over the same mapped base, with the GGUF LoRA applied."""
-        from llama_cpp import Llama
+def _key(files: list[Path]) -> str:
+    """Changes when any source file is replaced or rewritten."""
+    digest = hashlib.sha1()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
 
-        self._contexts[name] = Llama(
-            self._path, n_ctx=2048, n_threads=os.cpu_count(), lora_path=str(gguf_lora), verbose=False
-        )
-        return name
 
-    def stream(self, messages: list[dict], adapter: str | None, settings):
-        """Same stream as ChatEngine.stream: a growing `Reply`, finish eos|length."""
-        import time
+def _made_once(target: Path, make: Callable[[Path], None]) -> Path:
+    """`target`, written by `make(partial)` under a lock the first time (two apps make it once)."""
+    if target.is_file():
+        return target
+    with open(target.with_name(f".{target.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_file():
+            partial = target.with_name(f".{target.name}.partial")
+            make(partial)
+            partial.replace(target)
+    return target
 
-        from studio.chat.engine import Reply, _new_text, _prompt_ids, _Row
 
-        settings = settings.check()
-        llm = self._contexts[adapter]
-        prompt = _prompt_ids(self._tokenizer, messages, settings.system_prompt)
-        llm.set_seed(settings.seed)
-        eos = {self._tokenizer.eos_token_id, llm.token_eos()}
-        row, start = _Row(prompt=prompt, generator=None), time.perf_counter()
-        for token in llm.generate(
-            prompt,
-            temp=settings.temperature,
-            top_p=settings.top_p,
-            top_k=0,
-            repeat_penalty=settings.repetition_penalty,
-            reset=True,
+def base_gguf(model_dir: str | Path, progress: Callable[[float, str], None] | None = None) -> Path:
+    """The base model folder as a 16-bit GGUF (written on first use: seconds for 135M parameters)."""
+    from studio.publish.export import export_gguf
+
+    folder = Path(model_dir)
+    weights = sorted(folder.glob("model*.safetensors"))
+    if not weights:
+        raise ValueError(f"{folder}: no model*.safetensors to write as GGUF")
+    target = _cache_dir() / f"{folder.name}-{_key(weights)}.f16.gguf"
+    if not target.is_file() and progress:
+        progress(0.9, "Preparing the fast CPU chat (llama.cpp), once for this model")
+    return _made_once(target, lambda partial: export_gguf(folder, partial, f16=True))
+
+
+def lora_gguf(adapter: str | Path, model_config: dict) -> Path:
+    """An adapter folder as a GGUF LoRA (converted on first use, again when the adapter changes)."""
+    folder = Path(adapter)
+    sources = [folder / "adapter_config.json", folder / "adapter_model.safetensors"]
+    missing = [p for p in sources if not p.is_file()]
+    if missing:
+        raise ValueError(f"{missing[0]} is missing: save the adapter with safetensors (PEFT's default)")
+    target = _cache_dir() / f"lora-{_key(sources)}.gguf"
+    return _made_once(target, lambda partial: lora_to_gguf(folder, model_config, partial))
+
+
+# ---- the runtime ----------------------------------------------------------------------------------
+
+
+class Context:
+    """One llama.cpp context: a KV cache with one adapter (or none) applied; feeds ids, gives logits."""
+
+    def __init__(self, base: LlamaCppBase, adapter: str | None) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = base.n_ctx
+        params.n_batch = params.n_ubatch = 512
+        params.n_seq_max = 1
+        params.n_threads = params.n_threads_batch = base.threads
+        params.no_perf = True
+        self.adapter, self.n_ctx = adapter, base.n_ctx
+        self._ctx = _internals.LlamaContext(model=base._model, params=params, verbose=False)
+        self._batch = _internals.LlamaBatch(n_tokens=512, embd=0, n_seq_max=1, verbose=False)
+        self._vocab = base.vocab
+        self._past = 0
+        if adapter is not None:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(base._loras[adapter])
+            scales = (llama_cpp.ctypes.c_float * 1)(1.0)
+            if llama_cpp.llama_set_adapters_lora(self._ctx.ctx, handles, 1, scales):
+                raise RuntimeError(f"llama.cpp refused the adapter {adapter!r}")
+
+    def prefill(self, ids: list[int]):
+        """Start a new answer from `ids` (the cache is cleared); the next token's logits (numpy)."""
+        self._ctx.kv_cache_clear()
+        self._past = 0
+        for start in range(0, len(ids), 512):
+            self._run(ids[start : start + 512])
+        return self._logits()
+
+    def feed(self, token: int):
+        """Append one token; the next token's logits."""
+        self._run([token])
+        return self._logits()
+
+    def _run(self, ids: list[int]) -> None:
+        if self._past + len(ids) > self.n_ctx:
+            raise ValueError(
+                f"llama.cpp: {self._past + len(ids)} tokens exceed its {self.n_ctx}-token window"
+            )
+        self._batch.set_batch(ids, n_past=self._past, logits_all=False)
+        self._ctx.decode(self._batch)
+        self._past += len(ids)
+
+    def _logits(self):
+        import numpy as np
+
+        return np.ctypeslib.as_array(self._ctx.get_logits_ith(-1), shape=(self._vocab,)).copy()
+
+    def close(self) -> None:
+        self._batch.close()
+        self._ctx.close()
+
+
+class LlamaCppBase:
+    """A GGUF base mapped once, its GGUF LoRA adapters, and idle contexts lent to decode loops.
+
+    Not thread-safe on its own: the chat engine calls it under its lock.
+    """
+
+    IDLE_PER_ADAPTER = 2
+
+    def __init__(self, gguf: str | Path, n_ctx: int = 4096, threads: int | None = None) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # no load chatter on stderr
+        self.path, self.n_ctx = Path(gguf), n_ctx
+        self.threads = threads or os.cpu_count() or 1
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = 0
+        self._model = _internals.LlamaModel(path_model=str(gguf), params=params, verbose=False)
+        self.vocab = self._model.n_vocab()
+        self._loras: dict[str, object] = {}
+        self._idle: dict[str | None, list[Context]] = {}
+
+    def add_lora(self, name: str, gguf_lora: str | Path) -> None:
+        import llama_cpp
+
+        if name in self._loras:
+            return
+        handle = llama_cpp.llama_adapter_lora_init(self._model.model, str(gguf_lora).encode())
+        if handle is None:
+            raise ValueError(f"{gguf_lora}: llama.cpp could not read this LoRA (does it match the base?)")
+        self._loras[name] = handle
+
+    def serves(self, adapter: str | None) -> bool:
+        return adapter is None or adapter in self._loras
+
+    def remove_lora(self, name: str) -> None:
+        """Stop lending contexts with this adapter. Its few MB stay mapped until the base closes
+        (llama.cpp frees adapters with their model): a stream still decoding with it stays valid."""
+        for context in self._idle.pop(name, []):
+            context.close()
+        self._loras.pop(name, None)
+
+    def borrow(self, adapter: str | None) -> Context:
+        """An idle context for this adapter, or a new one over the same mapped weights."""
+        idle = self._idle.get(adapter)
+        return idle.pop() if idle else Context(self, adapter)
+
+    def give_back(self, context: Context) -> None:
+        idle = self._idle.setdefault(context.adapter, [])
+        if (
+            self._model.model is None
+            or not self.serves(context.adapter)
+            or len(idle) >= self.IDLE_PER_ADAPTER
         ):
-            done = token in eos
-            if not done:
-                row.tokens.append(token)
-                row.reply.tokens = len(row.tokens)
-                row.reply.text += _new_text(row, self._tokenizer)
-            length = row.reply.tokens >= settings.max_new_tokens
-            row.reply.elapsed = time.perf_counter() - start
-            if done or length:
-                row.reply.text = self._tokenizer.decode(row.tokens, skip_special_tokens=True)
-                row.reply.finish = "eos" if done else "length"
-            yield Reply(row.reply.text, row.reply.tokens, row.reply.elapsed, row.reply.finish)
-            if row.reply.finish:
-                return
+            context.close()
+        else:
+            idle.append(context)
+
+    def close(self) -> None:
+        for contexts in self._idle.values():
+            for context in contexts:
+                context.close()
+        self._idle.clear()
+        self._loras.clear()
+        self._model.close()  # frees the contexts still lent and the adapters with it
