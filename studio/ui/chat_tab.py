@@ -75,6 +75,17 @@ def memory_text() -> str:
     return f"RAM {mem['rss_mb']:.0f} MB{accel} · {loaded}"
 
 
+def paths_text(engine: chat.ChatEngine, names: tuple[str | None, str | None]) -> str:
+    """Which engine answers for each side (llama.cpp is the fast one on a CPU), and why."""
+    choices = [engine.path(name) for name in names]
+    if choices[0] == choices[1]:
+        return f"Both sides answer with **{choices[0].path}** ({choices[0].reason})"
+    return " · ".join(
+        f"Model {column} answers with **{c.path}** ({c.reason})"
+        for column, c in zip("AB", choices, strict=True)
+    )
+
+
 def training_warning() -> str:
     active = runs.active_run()
     if active is None:
@@ -90,14 +101,14 @@ def on_load(base, side_a, side_b, progress=gr.Progress()):  # noqa: B008 - Gradi
         engine, names, _ = turns.open_sides(base, side_a, side_b, lambda f, m: progress(f, desc=m))
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
-    served = [engine.serving(n) if n else "base" for n in names]
+    served = [f"{engine.serving(n) if n else 'base'} on {engine.path(n).path}" for n in names]
     gr.Info(f"Ready: A = {served[0]}, B = {served[1]}")
-    return memory_text()
+    return memory_text(), paths_text(engine, names)
 
 
 def on_unload():
     chat.get_engine().unload()
-    return memory_text()
+    return memory_text(), ""
 
 
 def _choice_label(value: str) -> str:
@@ -135,12 +146,13 @@ def on_send(prompt, session_id, base, side_a, side_b, blind, system, temperature
         replies = session.send(prompt, engine, names, sides, settings, bool(blind), stop)
     except turns.TurnError as exc:
         gr.Warning(str(exc))
-        yield (gr.update(), gr.update(), session_id, *(gr.update(),) * 5)  # nothing changes
+        yield (gr.update(), gr.update(), session_id, *(gr.update(),) * 6)  # nothing changes
         return
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
     turn = session.last
     titles = _titles(turn, bool(blind))
+    paths = paths_text(engine, names)
     cleared = ""  # the prompt box empties once; what the user types meanwhile is kept
     try:
         for reply_a, reply_b in replies:
@@ -155,6 +167,7 @@ def on_send(prompt, session_id, base, side_a, side_b, blind, system, temperature
                 _speed(*(by_column[column] for column in turn.order)),
                 training_warning(),
                 memory_text(),
+                paths,
             )
             cleared = None
     finally:
@@ -320,6 +333,7 @@ def build_chat_tab(tab: gr.Tab | None = None) -> ChatWiring:
         mem = gr.Markdown(memory_text, elem_id="chat-memory")
         common.find_model_button()
         unload_btn = gr.Button("Unload and free memory", size="sm")
+    paths = gr.Markdown(elem_id="chat-paths")
     blind = gr.Checkbox(True, label="Blind A/B: shuffle the sides each turn and hide the names until I vote")
     settings = _generation_settings()
     seed = settings[-1]
@@ -345,7 +359,7 @@ def build_chat_tab(tab: gr.Tab | None = None) -> ChatWiring:
     reveal = gr.Markdown(elem_id="chat-reveal")
 
     send_inputs = [prompt, session_id, base, side_a, side_b, blind, *settings]
-    send_outputs = [left, right, session_id, prompt, reveal, speed, warning, mem]
+    send_outputs = [left, right, session_id, prompt, reveal, speed, warning, mem, paths]
     show_stop = dict(fn=lambda: gr.update(visible=True), inputs=None, outputs=[stop_btn], queue=False)
     started = gr.on([send_btn.click, prompt.submit], **show_stop, show_progress="hidden")
     sending = started.then(on_send, send_inputs, send_outputs, show_progress="minimal")
@@ -358,8 +372,8 @@ def build_chat_tab(tab: gr.Tab | None = None) -> ChatWiring:
     questions.input(lambda q: q or gr.update(), [questions], [prompt])
     gr.on([side_a.change, side_b.change], sides_text, [side_a, side_b], [sides], show_progress="hidden")
     clear_btn.click(on_clear, [session_id], [left, right, reveal, speed])
-    load_btn.click(on_load, [base, side_a, side_b], [mem])
-    unload_btn.click(on_unload, None, [mem])
+    load_btn.click(on_load, [base, side_a, side_b], [mem, paths])
+    unload_btn.click(on_unload, None, [mem, paths])
     if tab is not None:
         tab.select(on_show, None, [side_a, side_b, base, warning], show_progress="hidden")
     voted = [reveal, edited, left, right]
@@ -369,5 +383,5 @@ def build_chat_tab(tab: gr.Tab | None = None) -> ChatWiring:
         open_inputs=[session_id],
         open_outputs=[base, side_a, side_b, blind, questions, prompt, left, right, sides, reveal],
         load_inputs=[base, side_a, side_b],
-        load_outputs=[mem],
+        load_outputs=[mem, paths],
     )
