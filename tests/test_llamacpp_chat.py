@@ -6,6 +6,7 @@ each pane says which path serves it. Needs the binding (`make install-dev` build
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 import numpy as np
 import pytest
@@ -19,10 +20,7 @@ ASK = [{"role": "user", "content": "Name three colours."}]
 
 
 def _last(stream):
-    reply = None
-    for reply in stream:
-        pass
-    return reply
+    return deque(stream, maxlen=1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +97,12 @@ def test_streams_on_llama_cpp_keep_seeds_stop_and_lend_contexts_back(tiny_model,
     next(abandoned)
     abandoned.close()  # the page went away
     assert engine._llama._idle[lora_name]
+    from studio.ui.chat_tab import paths_text
+
+    assert paths_text(engine, (None, dora_name)) == (
+        "Model A answers with **llama.cpp** (fastest on this CPU) · "
+        "Model B answers with **PyTorch** (DoRA adapters run on PyTorch only)"
+    )
     engine.remove_adapter(lora_name)
     assert engine.path(lora_name).path == llamacpp.TORCH
     engine.unload()

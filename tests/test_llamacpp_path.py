@@ -18,17 +18,16 @@ LORA = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj
 
 def test_llama_cpp_is_chosen_on_cpu_only_when_everything_allows_it():
     choose = llamacpp.choose_path
-    assert choose("cpu", "LlamaForCausalLM", True, [LORA]).path == llamacpp.LLAMA_CPP
-    assert choose("cpu", "LlamaForCausalLM", True, []).label() == "llama.cpp (fastest on this CPU)"
+    assert choose("cpu", "LlamaForCausalLM", [LORA]).path == llamacpp.LLAMA_CPP
+    assert choose("cpu", "LlamaForCausalLM", []).label() == "llama.cpp (fastest on this CPU)"
     cases = {
-        "runs on cuda": choose("cuda", "LlamaForCausalLM", True, [LORA]),
-        "no llama.cpp binding": choose("cpu", "LlamaForCausalLM", True, [LORA], "no llama.cpp binding"),
-        "DoRA adapters run on PyTorch only": choose(
-            "cpu", "LlamaForCausalLM", True, [{**LORA, "use_dora": True}]
-        ),
-        "not wired for GPT2LMHeadModel": choose("cpu", "GPT2LMHeadModel", True, []),
-        "no GGUF file": choose("cpu", "LlamaForCausalLM", False, []),
-        "changes lm_head": choose("cpu", "LlamaForCausalLM", True, [{**LORA, "target_modules": ["lm_head"]}]),
+        "runs on cuda": choose("cuda", "LlamaForCausalLM", [LORA]),
+        "no llama.cpp binding": choose("cpu", "LlamaForCausalLM", [LORA], "no llama.cpp binding"),
+        "DoRA adapters run on PyTorch only": choose("cpu", "LlamaForCausalLM", [{**LORA, "use_dora": True}]),
+        "not wired for GPT2LMHeadModel": choose("cpu", "GPT2LMHeadModel", []),
+        "changes lm_head": choose("cpu", "LlamaForCausalLM", [{**LORA, "target_modules": ["lm_head"]}]),
+        "whole modules": choose("cpu", "LlamaForCausalLM", [{**LORA, "modules_to_save": ["lm_head"]}]),
+        "trains biases": choose("cpu", "LlamaForCausalLM", [{**LORA, "bias": "lora_only"}]),
     }
     for reason, choice in cases.items():
         assert choice.path == llamacpp.TORCH and reason in choice.reason, (reason, choice)
@@ -36,25 +35,9 @@ def test_llama_cpp_is_chosen_on_cpu_only_when_everything_allows_it():
 
 def test_without_a_binding_the_reason_says_how_to_get_one(monkeypatch):
     monkeypatch.setattr(llamacpp.importlib.util, "find_spec", lambda name: None)
-    assert "--install-llama-cpp" in llamacpp.unavailable()
+    assert "make install-llama-cpp" in llamacpp.unavailable()
     monkeypatch.setenv("STUDIO_CHAT_PATH", "pytorch")
     assert "PyTorch" in llamacpp.unavailable()
-
-
-def test_a_loaded_engine_says_which_path_serves_each_pane(tiny_model, tmp_path, monkeypatch):
-    from studio.chat.engine import ChatEngine
-
-    engine = ChatEngine()
-    assert llamacpp.path_for(engine, [None]).reason == "no model is loaded"
-    engine.load(str(tiny_model), dtype="float32")
-    name = engine.add_adapter(_random_lora(str(tiny_model), tmp_path / "lora"))
-    monkeypatch.setattr(llamacpp, "unavailable", lambda: None)
-    choice = llamacpp.path_for(engine, [None, name])
-    assert choice.path == llamacpp.TORCH and "no GGUF file" in choice.reason  # a local folder, not GGUF
-    monkeypatch.setattr(engine, "spec", "default")
-    assert llamacpp.path_for(engine, [None, name]).path == llamacpp.LLAMA_CPP
-    monkeypatch.setattr(llamacpp, "unavailable", lambda: "no llama.cpp binding is installed")
-    assert llamacpp.path_for(engine, [name]).label() == "PyTorch (no llama.cpp binding is installed)"
 
 
 def _random_lora(spec: str, folder, **extra):

@@ -72,6 +72,8 @@ def _runs_view_to_chat(page, run_id: str) -> str:
     expect(page.locator("#chat-left")).to_contain_text("Left: base model (no adapter)")
     expect(page.locator("#chat-right")).to_contain_text(f"Right: {run_name}")
     expect(page.locator("#chat-memory")).to_contain_text("+ 1 adapter(s)", timeout=60_000)  # loaded
+    # the LoRA run and its base both answer on the fast CPU path, and the page says so
+    expect(page.locator("#chat-paths")).to_have_text("Both sides answer with llama.cpp (fastest on this CPU)")
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_hidden()  # nothing is answering
     screenshot(page, "chat-with-run")
     return run_name

@@ -17,8 +17,8 @@ Files, made once and kept under STUDIO_HOME/models/llama.cpp (this module owns t
 `LlamaCppBase` maps the base once and lends `Context`s (each its own KV cache, with one adapter
 or none applied) to the engine's decode loop, which samples from their logits exactly as it does
 from PyTorch's: same sampler, seeds, stop and streaming. Knows nothing about the UI or training.
-The binding has no prebuilt wheel for this platform; `make install-dev` (and
-`python -m bench --install-llama-cpp`) builds it for a portable AVX2 CPU in about 8 minutes.
+The binding has no prebuilt wheel for this platform; `make install-llama-cpp` (run by
+`make install-dev`) builds it for a portable AVX2 CPU in about 8 minutes.
 """
 
 from __future__ import annotations
@@ -54,9 +54,7 @@ def unavailable() -> str | None:
     if os.environ.get("STUDIO_CHAT_PATH", "").lower() == "pytorch":
         return "STUDIO_CHAT_PATH=pytorch asks for the PyTorch engine"
     if importlib.util.find_spec("llama_cpp") is None:
-        return (
-            "no llama.cpp binding is installed (`make install-dev` or `python -m bench --install-llama-cpp`)"
-        )
+        return "the fast CPU engine is not installed: `make install-llama-cpp` builds it (about 8 min, once)"
     return None
 
 
