@@ -3,7 +3,7 @@
 Each number is a ratio of two contenders measured interleaved in this run (medians of rounds).
 `--quick` is CI-sized; the full run takes a long time on a small CPU: run it when the machine is idle.
 
-Run as: python -m bench [--quick] [--only chat,data,serve,train,app] [--install-llama-cpp] [--no-write]
+Run as: python -m bench [--quick] [--only chat,data,serve,train,app] [--no-write]
 """
 
 from __future__ import annotations
@@ -21,18 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=",".join(BENCHES), help="comma-separated subset of " + ", ".join(BENCHES)
     )
-    parser.add_argument(
-        "--install-llama-cpp",
-        action="store_true",
-        help="pip-install llama-cpp-python first (builds from source)",
-    )
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in BENCHES]
     if unknown:
         parser.error(f"--only: unknown bench {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
-    if args.install_llama_cpp:
-        chat.install_llama_cpp()
     sections = [BENCHES[name](args.quick) for name in chosen]
     return publish(sections, args.quick, "CPU run", not args.no_write)
 

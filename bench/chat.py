@@ -9,12 +9,11 @@ two sides one after the other), the greedy-text agreement of bf16 with fp32, and
 path (studio.chat.llamacpp) on the embedded GGUF when a llama.cpp binding is installed.
 Knows nothing about training, data or the UI.
 
-Run as: python -m bench.chat [--quick] [--install-llama-cpp]
+Run as: python -m bench.chat [--quick]   (`make install-llama-cpp` first for the llama.cpp rows)
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
@@ -224,19 +223,49 @@ def agreement(engine16, model, tokenizer, prompts, max_new) -> str:
     )
 
 
-def llama_cpp_rows(model, tokenizer, prompts, max_new, rounds) -> tuple[list[Row], list[str]]:
-    """The llama.cpp path (studio.chat.llamacpp) on the embedded GGUF vs `generate` fp32."""
+def _llama_engine(gguf: Path | None = None):
+    """A chat engine serving the default model on llama.cpp: its own 16-bit GGUF (what the Chat tab
+    uses), or another GGUF of the same weights (the embedded 4-bit file as it ships)."""
+    from studio.chat import llamacpp
+    from studio.chat.engine import ChatEngine
+
+    engine = ChatEngine()
+    engine.load("default", dtype="float32", llama_cpp=True)
+    if gguf is not None:  # the same engine, another file of the same model
+        engine._llama.close()
+        engine._llama = llamacpp.LlamaCppBase(gguf, n_ctx=4096, threads=engine._llama.threads)
+    return engine
+
+
+def same_text(engine, reference, prompts, max_new: int) -> str:
+    """'4/5' prompts whose greedy text is the same on `engine` as on `reference`, first difference."""
+    same, parted = 0, []
+    for p in prompts:
+        ours, theirs = engine_once(engine, p, max_new)[1], engine_once(reference, p, max_new)[1]
+        same += ours == theirs
+        if ours != theirs:
+            at = next((i for i, (x, y) in enumerate(zip(ours, theirs, strict=False)) if x != y), 0)
+            parted.append(f"character {at}")
+    return f"{same}/{len(prompts)}" + (f" (others part at {', '.join(parted)})" if parted else "")
+
+
+def llama_cpp_rows(
+    engine32, model, tokenizer, prompts, max_new, rounds, adapter
+) -> tuple[list[Row], list[str]]:
+    """The llama.cpp path (studio.chat.llamacpp) vs `generate` fp32 and the PyTorch engine: one pane,
+    and the A/B pair (base + LoRA) as the Chat tab serves it on each path."""
+    from studio import models
     from studio.chat import llamacpp
 
     problem = llamacpp.unavailable()
     if problem:
         return [], [f"llama.cpp: {problem}; not compared"]
-    from studio import models
-
-    engine = llamacpp.LlamaCppEngine()
-    engine.load("default")
+    f16, q4 = _llama_engine(), _llama_engine(models.gguf_path())
+    name = f16.add_adapter(adapter)
     contenders = {
-        "llama": lambda: _median_over_prompts(lambda p: engine_once(engine, p, max_new)[0], prompts),
+        "llama_f16": lambda: _median_over_prompts(lambda p: engine_once(f16, p, max_new)[0], prompts),
+        "llama_q4": lambda: _median_over_prompts(lambda p: engine_once(q4, p, max_new)[0], prompts),
+        "engine_fp32": lambda: _median_over_prompts(lambda p: engine_once(engine32, p, max_new)[0], prompts),
         "generate_fp32": lambda: _median_over_prompts(
             lambda p: generate_once(model, tokenizer, p, max_new)[0], prompts
         ),
@@ -244,13 +273,58 @@ def llama_cpp_rows(model, tokenizer, prompts, max_new, rounds) -> tuple[list[Row
     s = interleave_samples(contenders, rounds)
     rows = [
         _ratio_row(
-            s, "decode, llama.cpp path vs generate fp32", "llama", "generate_fp32", "tok_s", "tok/s", 3.0
+            s,
+            "decode, llama.cpp (chat's 16-bit GGUF) vs generate fp32",
+            "llama_f16",
+            "generate_fp32",
+            "tok_s",
+            "tok/s",
+            3.0,
         ),
         _ratio_row(
-            s, "time to first token, llama.cpp path vs generate fp32", "llama", "generate_fp32", "ttft_s", "s"
+            s,
+            "time to first token, llama.cpp 16-bit vs generate fp32",
+            "llama_f16",
+            "generate_fp32",
+            "ttft_s",
+            "s",
+        ),
+        _ratio_row(
+            s, "decode, llama.cpp 16-bit vs engine fp32", "llama_f16", "engine_fp32", "tok_s", "tok/s"
+        ),
+        _ratio_row(
+            s,
+            "decode, llama.cpp on the shipped 4-bit GGUF vs generate fp32",
+            "llama_q4",
+            "generate_fp32",
+            "tok_s",
+            "tok/s",
         ),
     ]
-    return rows, [f"llama.cpp runs {models.gguf_path().name} (the embedded GGUF) as it ships"]
+    engine_name = engine32.add_adapter(adapter)
+    pairs = interleave_samples(
+        {
+            "llama": lambda: _median_over_prompts(lambda p: pair_once(f16, p, max_new, name, True), prompts),
+            "torch": lambda: _median_over_prompts(
+                lambda p: pair_once(engine32, p, max_new, engine_name, True), prompts
+            ),
+        },
+        rounds,
+    )
+    rows.append(
+        _ratio_row(
+            pairs, "A/B pair base+LoRA, llama.cpp vs PyTorch batched", "llama", "torch", "pair_tok_s", "tok/s"
+        )
+    )
+    notes = [
+        f"greedy text ({max_new} tokens) equal to the PyTorch engine fp32: llama.cpp 16-bit "
+        f"{same_text(f16, engine32, prompts, max_new)}, 4-bit as shipped {same_text(q4, engine32, prompts, max_new)}",
+        f"llama.cpp: the Chat tab's path is the 16-bit GGUF written from the model's safetensors; the 4-bit "
+        f"row runs {models.gguf_path().name} (4-bit weights times 8-bit activations) as it ships",
+    ]
+    for engine in (f16, q4):
+        engine.unload()
+    return rows, notes
 
 
 def run(quick: bool) -> Section:
@@ -284,7 +358,8 @@ def run(quick: bool) -> Section:
     ab = engines["fp32"]  # the dtype chat uses on this CPU
     log(f"chat: A/B pair, load {load_now():.1f}")
     with tempfile.TemporaryDirectory() as tmp:
-        name = ab.add_adapter(make_adapter("default", Path(tmp) / "adapter"))
+        adapter = make_adapter("default", Path(tmp) / "adapter")
+        name = ab.add_adapter(adapter)
         s = interleave_samples(
             {
                 "batched": lambda: _median_over_prompts(
@@ -296,54 +371,30 @@ def run(quick: bool) -> Section:
             },
             rounds,
         )
-    section.rows.append(
-        _ratio_row(
-            s,
-            "A/B pair base+LoRA (fp32), batched vs one after the other",
-            "batched",
-            "one_by_one",
-            "pair_tok_s",
-            "tok/s",
-            1.6,
+        section.rows.append(
+            _ratio_row(
+                s,
+                "A/B pair base+LoRA (fp32), batched vs one after the other",
+                "batched",
+                "one_by_one",
+                "pair_tok_s",
+                "tok/s",
+                1.6,
+            )
         )
-    )
-    section.notes.append(
-        "A/B: base (adapter off) and a rank-16 LoRA on every projection, in one PEFT mixed-adapter batch"
-    )
-    log(f"chat: llama.cpp, load {load_now():.1f}")
-    rows, notes = llama_cpp_rows(models_["fp32"], tokenizer, prompts, max_new, rounds)
+        section.notes.append(
+            "A/B: base (adapter off) and a rank-16 LoRA on every projection, in one PEFT mixed-adapter batch"
+        )
+        log(f"chat: llama.cpp, load {load_now():.1f}")
+        rows, notes = llama_cpp_rows(ab, models_["fp32"], tokenizer, prompts, max_new, rounds, adapter)
     section.rows += rows
     section.notes += notes
     return section
 
 
-# Portable build: no -march=native (a native build dies with "Illegal instruction" on a VM whose CPU
-# advertises instructions the hypervisor has not enabled), but AVX2/FMA/F16C, which every x86-64 CPU
-# of the last ten years has; the CPU backend linked in. Measured 2026-11-30 on this 2-core machine:
-# 8 min to build, loads and decodes. The run-time-dispatch build (GGML_CPU_ALL_VARIANTS with
-# GGML_BACKEND_DL) took 17 min and its wheel lacks the per-CPU backend libraries, so llama.cpp
-# then says "no backends are loaded" and no model opens.
-PORTABLE_CMAKE_ARGS = (
-    "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=OFF -DGGML_CPU_ALL_VARIANTS=OFF -DGGML_AVX=ON -DGGML_AVX2=ON "
-    "-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
-    "-DLLAMA_BUILD_TESTS=OFF"
-)
-
-
-def install_llama_cpp() -> None:
-    import os
-
-    print("building llama-cpp-python from source, portable (many minutes on 2 cores)...", flush=True)
-    env = dict(os.environ, CMAKE_ARGS=PORTABLE_CMAKE_ARGS)
-    subprocess.run([sys.executable, "-m", "pip", "install", "llama-cpp-python==0.3.36"], check=True, env=env)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__)
-    parser.add_argument("--install-llama-cpp", action="store_true")
     args = parser.parse_args(argv)
-    if args.install_llama_cpp:
-        install_llama_cpp()
     return publish([run(args.quick)], args.quick, "Chat", not args.no_write)
 
 

@@ -104,7 +104,7 @@ def test_padded_batch_of_unequal_prompts_equals_each_alone(lively_model):
 
 def test_incremental_detokenization_equals_decoding_the_whole_answer(tiny_model):
     """The engine decodes a short window per token; the text it shows equals decoding everything."""
-    from studio.chat.engine import _new_text, _Row
+    from studio.chat.decoding import _new_text, _Row
 
     tokenizer = models.load_tokenizer(str(tiny_model))
     text = "Madrid. ¿Algo más? 🙂 Naïve café —  spaced\n\nnew line, 北京 and done."
@@ -223,7 +223,7 @@ def test_chat_bench_warms_up_and_reports_spread_and_load(lively_model, monkeypat
     assert all(r.ours > 0 and r.theirs > 0 and "-" in r.spread and r.load for r in rows)
     assert "| spread (studio / baseline) | load |" in table([chat.Section("chat", rows)])
     monkeypatch.setenv("STUDIO_CHAT_PATH", "pytorch")
-    assert chat.llama_cpp_rows(model, tokenizer, ["Hi"], 4, 1)[0] == []
+    assert chat.llama_cpp_rows(engine, model, tokenizer, ["Hi"], 4, 1, None)[0] == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no CUDA")
