@@ -340,4 +340,6 @@ def remove(repo_id: str) -> int:
         raise HubError(f"{repo_id} is still downloading: wait for it to finish or fail, then delete it")
     size = folder_size(folder)
     shutil.rmtree(folder)
-    return size
+    from studio.chat import llamacpp
+
+    return size + llamacpp.forget_base(folder)  # its copy for fast CPU chat goes with it

@@ -111,3 +111,12 @@ def test_q_row_order_matches_the_embedded_gguf_base(default_model):
     gguf_q = dequantize(tensor.data, tensor.tensor_type).reshape(hf_q.shape)
     permuted = llamacpp._permute(hf_q.astype(np.float32), config["num_attention_heads"])
     assert np.abs(permuted - gguf_q).mean() < 0.2 * np.abs(hf_q - gguf_q).mean()
+
+
+def test_the_base_gguf_is_made_once_and_deleted_with_its_model(tiny_model, studio_home):
+    first = llamacpp.base_gguf(tiny_model)
+    assert first.parent == studio_home / "models" / "llama.cpp" and first.name.endswith(".f16.gguf")
+    made = first.stat().st_mtime_ns
+    assert llamacpp.base_gguf(tiny_model) == first and first.stat().st_mtime_ns == made  # not rewritten
+    size = first.stat().st_size
+    assert llamacpp.forget_base(tiny_model) == size > 0 and not first.exists()

@@ -217,6 +217,15 @@ def base_gguf(model_dir: str | Path, progress: Callable[[float, str], None] | No
     return _made_once(target, lambda partial: export_gguf(folder, partial, f16=True))
 
 
+def forget_base(model_dir: str | Path) -> int:
+    """Delete the GGUF copies made of a model folder (it was deleted); returns the bytes freed."""
+    freed = 0
+    for path in _cache_dir().glob(f"{Path(model_dir).name}-*.f16.gguf"):
+        freed += path.stat().st_size
+        path.unlink(missing_ok=True)
+    return freed
+
+
 def lora_gguf(adapter: str | Path, model_config: dict) -> Path:
     """An adapter folder as a GGUF LoRA (converted on first use, again when the adapter changes)."""
     folder = Path(adapter)
