@@ -245,3 +245,41 @@ def test_auto_bf16_means_bf16_where_the_hardware_has_it_else_fp32(
     monkeypatch.setattr(memory, "bf16_supported", lambda: supported)
     recipe = recipes.load(ROOT / "recipes/lora_sft.yaml", [f"bf16={setting}"])
     assert setup.make_plan(recipe).bf16 is expected
+
+
+# ---------------------------------------------------------------- packed rows
+
+
+def test_packed_and_padded_sft_batches_give_the_same_loss_on_the_same_rows(tiny_model, sft_file, tmp_path):
+    """Packing (several examples in one padding-free row) scores the same tokens the same way as
+    padded batches: each packed example attends only to itself."""
+    import torch
+
+    rows = 6
+    few = [f"data.max_rows={rows}", "data.max_length=512"]
+    padded, _, _ = train.prepare(_recipe(tiny_model, sft_file, *few, f"batch_size={rows}"), tmp_path / "a")
+    packed, _, _ = train.prepare(
+        _recipe(tiny_model, sft_file, *few, "batch_size=1", "training.packing=true"), tmp_path / "b"
+    )
+    assert padded.args.train_sampling_strategy == "group_by_length" and packed.args.packing
+    padded_batch = next(iter(padded.get_train_dataloader()))
+    packed_batch = next(iter(packed.get_train_dataloader()))
+    assert packed_batch["input_ids"].shape[0] == 1  # one row holds them all ...
+    assert int((packed_batch["position_ids"] == 0).sum()) == rows  # ... each from position 0
+    assert "attention_mask" not in packed_batch and padded_batch["attention_mask"].min() == 0  # padding
+    labelled = int((padded_batch["labels"] != -100).sum())
+    assert int((packed_batch["labels"] != -100).sum()) == labelled > rows
+    model = padded.model.eval()
+    packed.model.load_state_dict(model.state_dict())  # the same weights (LoRA included)
+    with torch.no_grad():
+        loss_padded = padded.compute_loss(model, dict(padded_batch))
+        loss_packed = packed.compute_loss(packed.model.eval(), dict(packed_batch))
+        leaking = {k: v for k, v in packed_batch.items() if k != "position_ids"}  # examples see each other
+        loss_leaking = packed.compute_loss(packed.model, leaking)
+    assert abs(float(loss_packed) - float(loss_padded)) < 1e-5, (loss_packed, loss_padded)
+    assert abs(float(loss_leaking) - float(loss_padded)) > 1e-4  # the check above can tell
+
+
+def test_packing_is_a_recipe_field_with_help():
+    (doc,) = [d for d in recipes.field_docs() if d.key == "training.packing"]
+    assert doc.default is False and "attending only to itself" in doc.help

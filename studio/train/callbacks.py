@@ -95,9 +95,11 @@ class TokenCounter:
 
     def __call__(self, examples):
         batch = self.collator(examples)
-        for key, value in batch.items():
-            if key.endswith("attention_mask") and hasattr(value, "sum"):
-                self.tokens += int(value.sum())
+        masks = [value for key, value in batch.items() if key.endswith("attention_mask")]
+        if masks:
+            self.tokens += sum(int(mask.sum()) for mask in masks if hasattr(mask, "sum"))
+        elif "position_ids" in batch:  # padding-free (packed) rows: every token is real
+            self.tokens += int(batch["input_ids"].numel())
         return batch
 
 

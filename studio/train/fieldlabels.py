@@ -54,6 +54,7 @@ LABELS = {
     "training.bf16": "Faster 16-bit math (bf16)",
     "training.gradient_checkpointing": "Save memory by recomputing",
     "training.group_by_length": "Batch similar lengths together",
+    "training.packing": "Pack short examples together",
     "training.save_steps": "Save progress every N steps",
     "training.save_total_limit": "Saved progress points kept",
     "training.logging_steps": "Record metrics every N steps",

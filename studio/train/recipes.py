@@ -133,6 +133,12 @@ class TrainingSection:
         "SFT: batch examples of similar length together, so less padding is computed (batches still "
         "come in random order; examples never see each other).",
     )
+    packing: bool = _f(
+        False,
+        "SFT: fill each row of data.max_length tokens with several examples (best fit), each still "
+        "attending only to itself; computes no padding at all, so it pays when lengths vary widely. "
+        "A step then holds more examples.",
+    )
     save_steps: int = _f(20, "Save a resumable checkpoint every N steps.")
     save_total_limit: int = _f(2, "Keep only the newest N checkpoints.")
     logging_steps: int = _f(1, "Write a metrics line every N steps.")

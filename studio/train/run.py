@@ -111,12 +111,22 @@ def build_trainer(
     if recipe.method == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        # Length-grouped batches: each batch still pads to its own longest row and no row attends
-        # to another (no packing); only less padding is computed.
-        sampling = "group_by_length" if recipe.training.group_by_length else "random"
-        config = SFTConfig(**args, max_length=length, train_sampling_strategy=sampling)
+        # Length-grouped batches pad each batch to its own longest row; packed rows (TRL's best-fit
+        # packing, padding-free) hold several examples that each attend only to themselves: the
+        # position ids restart per example and transformers turns them into a block-diagonal mask
+        # (only without a KV cache: setup.load_model turns use_cache off).
+        packing = recipe.training.packing
+        grouped = recipe.training.group_by_length and not packing
+        sampling = "group_by_length" if grouped else "random"
+        config = SFTConfig(
+            **args,
+            max_length=length,
+            train_sampling_strategy=sampling,
+            packing=packing,
+            packing_strategy="bfd",
+        )
         trainer = SFTTrainer(args=config, **common)
-        if recipe.training.group_by_length:
+        if grouped:
             trainer._get_train_sampler = lambda dataset=None: tokenized.length_sampler(trainer, dataset)
         return trainer
     if recipe.method == "dpo":
