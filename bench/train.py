@@ -106,7 +106,7 @@ def run(quick: bool) -> Section:
     bench_home()
     from studio import models
 
-    steps, rounds = (3, 2) if quick else (12, 3)  # the first log step is dropped as warm-up
+    steps, rounds = (3, 2) if quick else (8, 3)  # the first log step is dropped as warm-up
     model_dir = str(models.default_model_dir())
     section = Section("training")
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -136,12 +136,34 @@ def run(quick: bool) -> Section:
                     False,
                 )
             )
+        log(f"train: lora_sft 16-bit base (bf16) vs fp32, {steps} steps, {rounds} round(s)")
+        m = interleave(
+            {
+                "bf16": lambda: studio_once("lora_sft", steps, tmp, ("training.bf16=true",)),
+                "fp32": lambda: studio_once("lora_sft", steps, tmp, ("training.bf16=false",)),
+            },
+            rounds,
+        )
+        for key, unit, higher in (("tok_s", "tok/s", True), ("peak_mb", "MB", False)):
+            measure = "tokens/s" if key == "tok_s" else "peak RSS"
+            section.rows.append(
+                Row(
+                    "train",
+                    f"lora_sft {measure}, bf16 base vs fp32",
+                    m["bf16"][key],
+                    m["fp32"][key],
+                    unit,
+                    None,
+                    higher,
+                )
+            )
         data = long_tailed(tmp / "long_tailed.jsonl")
+        packed_steps = max(3, steps // 2)  # a packed step reads 4 x 512 tokens
         log(f"train: packed vs length-grouped SFT on {data.name}, {steps} steps, {rounds} round(s)")
         on = (f"dataset={data}",)
         m = interleave(
             {
-                "packed": lambda: studio_once("lora_sft", steps, tmp, (*on, "training.packing=true")),
+                "packed": lambda: studio_once("lora_sft", packed_steps, tmp, (*on, "training.packing=true")),
                 "grouped": lambda: studio_once("lora_sft", steps, tmp, on),
             },
             rounds,
