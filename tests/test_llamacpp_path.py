@@ -120,3 +120,15 @@ def test_the_base_gguf_is_made_once_and_deleted_with_its_model(tiny_model, studi
     assert llamacpp.base_gguf(tiny_model) == first and first.stat().st_mtime_ns == made  # not rewritten
     size = first.stat().st_size
     assert llamacpp.forget_base(tiny_model) == size > 0 and not first.exists()
+
+
+def test_a_runs_gguf_loras_are_deleted_with_it(tiny_model, tmp_path):
+    config = json.loads((tiny_model / "config.json").read_text())
+    run = tmp_path / "run"
+    adapter = _random_lora(str(tiny_model), run / "adapter")
+    kept = _random_lora(str(tiny_model), tmp_path / "other-run" / "adapter")
+    made, other = llamacpp.lora_gguf(adapter, config), llamacpp.lora_gguf(kept, config)
+    assert llamacpp.lora_gguf(adapter, config) == made != other  # made once, one per adapter
+    size = made.stat().st_size
+    assert llamacpp.forget_loras(run) == size > 0
+    assert not made.exists() and other.exists()

@@ -226,15 +226,31 @@ def forget_base(model_dir: str | Path) -> int:
     return freed
 
 
+def _lora_sources(folder: Path) -> list[Path]:
+    return [folder / "adapter_config.json", folder / "adapter_model.safetensors"]
+
+
 def lora_gguf(adapter: str | Path, model_config: dict) -> Path:
     """An adapter folder as a GGUF LoRA (converted on first use, again when the adapter changes)."""
     folder = Path(adapter)
-    sources = [folder / "adapter_config.json", folder / "adapter_model.safetensors"]
-    missing = [p for p in sources if not p.is_file()]
+    missing = [p for p in _lora_sources(folder) if not p.is_file()]
     if missing:
         raise ValueError(f"{missing[0]} is missing: save the adapter with safetensors (PEFT's default)")
-    target = _cache_dir() / f"lora-{_key(sources)}.gguf"
+    target = _cache_dir() / f"lora-{_key(_lora_sources(folder))}.gguf"
     return _made_once(target, lambda partial: lora_to_gguf(folder, model_config, partial))
+
+
+def forget_loras(run_folder: str | Path) -> int:
+    """Delete the GGUF LoRAs made of a run's adapters and checkpoints (before the run is deleted)."""
+    freed = 0
+    for config in Path(run_folder).rglob("adapter_config.json"):
+        sources = _lora_sources(config.parent)
+        if all(p.is_file() for p in sources):
+            target = _cache_dir() / f"lora-{_key(sources)}.gguf"
+            if target.is_file():
+                freed += target.stat().st_size
+                target.unlink(missing_ok=True)
+    return freed
 
 
 # ---- the runtime ----------------------------------------------------------------------------------

@@ -366,6 +366,9 @@ def delete(run_id: str) -> None:
     info = get(run_id)
     if info.state in (*ACTIVE, "starting") and _alive(info):
         raise ValueError(f"run {run_id} is {info.state}: stop it before deleting it")
+    from studio.chat import llamacpp
+
+    llamacpp.forget_loras(info.path)  # its adapters' copies for fast CPU chat go with it
     shutil.rmtree(info.path)
 
 
