@@ -18,6 +18,7 @@ LAYERS: dict[str, int] = {
     "studio.processes": 0,
     "studio.rundir": 1,
     "studio.models": 1,
+    "studio.ggufwriter": 1,
     "studio.data": 1,
     "studio.train.recipes": 2,
     "studio.train.memory": 2,

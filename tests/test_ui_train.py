@@ -60,13 +60,15 @@ def test_guided_plan_estimate_advanced_and_start(studio_home, tiny_model, page, 
 
     page.get_by_label("What it learns (method)", exact=True).click()
     page.get_by_role("option", name="sft", exact=True).click()
-    expect(changed).to_contain_text("Switched to the")
+    expect(changed).to_contain_text("Switched to the DoRA SFT recipe")  # the first SFT recipe
     page.get_by_label("Recipe", exact=True).click()
     page.get_by_role("option", name="LoRA SFT", exact=True).click()
+    # the pick's answer refills every field: edit only after it arrived, or it overwrites the edit
+    expect(changed).to_contain_text("Switched to the LoRA SFT recipe")
     page.get_by_label("Training length (steps)", exact=True).fill("6")  # Advanced edits what Start runs
     page.get_by_role("button", name="Start training", exact=True).click()
     run = page.locator("#guided-run")
-    expect(run).to_contain_text(re.compile(r"step \d+ of 6"), timeout=60_000)
+    expect(run).to_contain_text(re.compile(r"step \d+ of 6\b"), timeout=60_000)
     expect(run).to_contain_text(re.compile(r"sft-alpaca-\d{8}-\d{4}"))  # the run's name, not its folder id
     page.locator("#guided-run[data-state='completed']").wait_for(timeout=240_000)
     expect(run).to_contain_text("took")

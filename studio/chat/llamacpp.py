@@ -7,7 +7,7 @@ PyTorch engine (studio.chat.engine) serves. `choose_path` says which, and why, i
 
 Files, made once and kept under STUDIO_HOME/models/llama.cpp (this module owns that folder):
 - the base as a 16-bit GGUF written from the same safetensors the PyTorch engine loads
-  (studio.publish.export.export_gguf). 16-bit, not the embedded model's 4-bit GGUF: llama.cpp
+  (studio.ggufwriter.export_gguf). 16-bit, not the embedded model's 4-bit GGUF: llama.cpp
   multiplies 4-bit weights with 8-bit activations, and the answers then part from the PyTorch
   engine's within a few words on 3 of 5 probe prompts; from the 16-bit file they match for the
   first 32 tokens on all 5 (bench/RESULTS.md has both speeds).
@@ -34,10 +34,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from studio.ggufwriter import GGUF_ARCHITECTURES
+
 TORCH = "PyTorch"
 LLAMA_CPP = "llama.cpp"
-# the architectures studio.publish.export writes as GGUF (llama.cpp's blk.N.attn_q ... names)
-ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM"}
+# the architectures studio.ggufwriter writes as GGUF (llama.cpp's blk.N.attn_q ... names)
+ARCHITECTURES = set(GGUF_ARCHITECTURES)
 _TENSOR = {
     "q_proj": "attn_q",
     "k_proj": "attn_k",
@@ -205,7 +207,7 @@ def _made_once(target: Path, make: Callable[[Path], None]) -> Path:
 
 def base_gguf(model_dir: str | Path, progress: Callable[[float, str], None] | None = None) -> Path:
     """The base model folder as a 16-bit GGUF (written on first use: seconds for 135M parameters)."""
-    from studio.publish.export import export_gguf
+    from studio.ggufwriter import export_gguf
 
     folder = Path(model_dir)
     weights = sorted(folder.glob("model*.safetensors"))
