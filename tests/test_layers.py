@@ -8,6 +8,9 @@ module level in ui/, rundir.py or train/runs.py (the app imports those on every 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 STUDIO = Path(__file__).resolve().parent.parent / "studio"
@@ -162,3 +165,19 @@ def test_light_modules_import_no_torch_at_module_level():
         if n.split(".")[0] in HEAVY
     ]
     assert not offenders, f"heavy imports at module level: {offenders}"
+
+
+def test_building_the_page_loads_no_model_library(tmp_path):
+    """The static check above cannot see a function the page calls while it is built (the Chat
+    tab's memory line once imported torch: 2 s of every start). Build it and look."""
+    probe = (
+        "import sys; from studio.ui.app import build_app; build_app(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'trl', "
+        "'peft', 'accelerate', 'datasets', 'llama_cpp', 'matplotlib'}))"
+    )
+    env = {**os.environ, "STUDIO_HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=STUDIO.parent, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", f"the page build imported: {out.stdout[-500:]}"

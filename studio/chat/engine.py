@@ -22,6 +22,7 @@ the A/B turn (studio.chat.session) or the preference store.
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,10 +50,11 @@ __all__ += ["get_engine", "list_adapters", "memory"]
 def memory() -> dict:
     """Resident memory of this process and accelerator memory in use, in MB (None: no accelerator)."""
     import psutil
-    import torch
 
     rss = psutil.Process().memory_info().rss / 2**20
-    accel = torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    torch = sys.modules.get("torch")  # not imported yet: this process holds no accelerator memory
+    on_accel = torch is not None and torch.cuda.is_available()
+    accel = torch.cuda.memory_allocated() / 2**20 if on_accel else None
     return {"rss_mb": round(rss, 1), "accelerator_mb": None if accel is None else round(accel, 1)}
 
 
