@@ -246,14 +246,26 @@ class ChatEngine:
         with self._lock, torch.inference_mode():
             self._require_loaded()
             routes = [self._adapters.route(adapter) for adapter in adapters]
-            route, peft = routes[0], self._adapters.peft
-            model = route.model if route.model is not None else self._adapters.shared
-            if model is peft and route.mixed:
-                inputs["adapter_names"] = [r.name for r in routes]
-            elif model is peft:
-                peft.set_adapter(route.name)  # unmerged DoRA cannot join a mixed batch
+            model, mixed = self._runner(routes[0], [r.name for r in routes])
             inputs = {k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-            return model(**inputs)
+            with self._adapters.mixed(mixed):
+                return model(**inputs)
+
+    def _runner(self, route, names: list[str]) -> tuple[object, list[str] | None]:
+        """The module that runs one group's rows, and the rows' adapters when they differ (a PEFT
+        mixed batch): a DoRA copy; the base without adapter layers when every row is the base; the
+        PeftModel with one adapter switched on when every row uses it; else a mixed batch."""
+        if route.model is not None:
+            return route.model, None
+        peft = self._adapters.peft
+        if all(name == BASE for name in names):
+            plain = self._adapters.plain
+            return (plain, None) if plain is not None else (peft, list(names))
+        if route.mixed and len(set(names)) > 1:
+            return peft, list(names)
+        if peft.active_adapter != route.name:
+            peft.set_adapter(route.name)
+        return peft, None
 
     def stream(
         self,
@@ -371,18 +383,13 @@ class ChatEngine:
             return self._step_llama(group, rows[group.rows[0]], settings)
         route = group.route
         # the shared weights are looked up per step: removing the last adapter unwraps the PeftModel
-        peft = self._adapters.peft
-        model = route.model if route.model is not None else self._adapters.shared
-        with torch.inference_mode():
+        model, mixed = self._runner(route, group.names)
+        with torch.inference_mode(), self._adapters.mixed(mixed):
             ids = self._next_input(group, rows)
             kwargs = {}
             if group.mask is not None:  # padded rows: the mask and positions skip the padding
                 kwargs["attention_mask"] = group.mask[:, : group.length]
                 kwargs["position_ids"] = group.positions
-            if model is peft and route.mixed:
-                kwargs["adapter_names"] = group.names
-            elif model is peft:
-                peft.set_adapter(route.name)  # unmerged DoRA cannot join a mixed batch
             out = model(
                 input_ids=ids,
                 past_key_values=group.cache,
