@@ -189,6 +189,19 @@ def test_base_rows_skip_the_adapter_layers_and_pairs_skip_peft_per_call_hooks(
     assert calls["peft_hooks"] == 0, "the A/B batch went through PEFT's per-call hooks"
 
 
+def test_quantized_base_rows_run_the_adapter_layers_switched_off(lively_model, tmp_path):
+    """A quantized base has no plain copy: its base rows run in PEFT's layers as a mixed batch of
+    base rows, and still answer as the base does."""
+    engine = ChatEngine()
+    engine.load(str(lively_model), dtype="float32")
+    before = _answer(engine, PROMPTS[1])
+    name = engine.add_adapter(_random_adapter(str(lively_model), tmp_path / "adapter"))
+    engine._adapters.model.config.quantization_config = {"quant_method": "bitsandbytes"}  # as 4-bit loads say
+    assert engine._adapters.plain is None
+    assert _answer(engine, PROMPTS[1]) == before
+    assert _answer(engine, PROMPTS[1], name) != before
+
+
 def test_sampled_pair_equals_each_side_alone(lively_model):
     engine = ChatEngine()
     engine.load(str(lively_model), dtype="float32")
