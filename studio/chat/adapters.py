@@ -260,6 +260,22 @@ class LoadedAdapters:
             raise ValueError(f"chat: adapter {adapter!r} is not loaded (loaded: {loaded}); add it first")
         return self.routes[adapter]
 
+    def runner(self, route: Route, names: list[str]) -> tuple[object, list[str] | None]:
+        """The module that runs one batch of rows, and the rows' adapters when they differ (then
+        run it inside `mixed(names)`): a DoRA copy; the base without adapter layers when every row
+        is the base; the PeftModel with one adapter switched on when every row uses it; else a
+        PEFT mixed batch."""
+        if route.model is not None:
+            return route.model, None
+        if all(name == BASE for name in names):
+            plain = self.plain
+            return (plain, None) if plain is not None else (self.peft, list(names))
+        if route.mixed and len(set(names)) > 1:
+            return self.peft, list(names)
+        if self.peft.active_adapter != route.name:
+            self.peft.set_adapter(route.name)
+        return self.peft, None
+
     def serving(self, adapter: str) -> str:
         """How an adapter is served: 'LoRA', 'DoRA merged' or 'DoRA unmerged (slow)'."""
         route = self.routes[adapter]

@@ -1,20 +1,21 @@
 """Chat inference: one base model in memory, any number of PEFT adapters, streamed answers.
 
-The base answers with every adapter switched off (PEFT's "__base__"), so base and tuned model
-share one copy of the weights. A/B answers that run on the same weights go through ONE batched
-forward pass per step (PEFT mixed-adapter batches, left padding), each side stopping at its own
-EOS. The decode loop is ours, not `generate`: it runs in the caller's thread, one step per
-`next()`, so stopping (an Event, or simply closing the iterator when the page goes away) never
-leaves a generation thread behind, and each side samples from its own seeded generator, so a
-side's answer does not depend on what the other side is doing.
+The base and the tuned models share one copy of the weights. A/B answers that run on the same
+weights go through ONE batched forward pass per step (a PEFT mixed-adapter batch, left padding),
+each side stopping at its own EOS; a side alone runs the base without adapter layers, or its one
+adapter switched on. The decode loop is ours, not `generate`: it runs in the caller's thread, one
+step per `next()`, so stopping (an Event, or simply closing the iterator when the page goes away)
+never leaves a generation thread behind, and each side samples from its own seeded generator, so
+a side's answer does not depend on what the other side is doing. On a CPU with the llama.cpp
+binding installed, one or two chat panes decode on llama.cpp contexts instead (studio.chat.llamacpp).
 
-dtype: fp32 on CPU. bf16 decodes ~2x faster on this CPU but its greedy text drifts from fp32
-after a few dozen tokens (1 of 4 prompts on SmolLM2-135M), so it is opt-in (`dtype="bfloat16"`).
+dtype: fp32 on CPU. bf16 decodes at 0.75-0.8x fp32 on this CPU (bench/RESULTS.md) and its greedy
+text drifts from fp32 after a few dozen tokens, so it is opt-in (`dtype="bfloat16"`).
 On CUDA "auto" means bf16 where supported.
 
-Which adapters are loaded and which model serves each (a merged DoRA copy runs as its own forward
-pass next to the shared batch) is studio.chat.adapters' business; this module turns routes into
-rows, batches and tokens. Streams yield `Reply` objects (text so far, tokens, elapsed seconds,
+Which adapters are loaded and which module runs a batch of rows (a merged DoRA copy runs as its
+own forward pass next to the shared batch) is studio.chat.adapters' business; this module turns
+routes into rows, batches and tokens. Streams yield `Reply` objects (text so far, tokens, elapsed seconds,
 tokens_per_s, finish); `stream_pair` yields one per side. Knows nothing about the UI, training,
 the A/B turn (studio.chat.session) or the preference store.
 """
@@ -246,26 +247,10 @@ class ChatEngine:
         with self._lock, torch.inference_mode():
             self._require_loaded()
             routes = [self._adapters.route(adapter) for adapter in adapters]
-            model, mixed = self._runner(routes[0], [r.name for r in routes])
+            model, mixed = self._adapters.runner(routes[0], [r.name for r in routes])
             inputs = {k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             with self._adapters.mixed(mixed):
                 return model(**inputs)
-
-    def _runner(self, route, names: list[str]) -> tuple[object, list[str] | None]:
-        """The module that runs one group's rows, and the rows' adapters when they differ (a PEFT
-        mixed batch): a DoRA copy; the base without adapter layers when every row is the base; the
-        PeftModel with one adapter switched on when every row uses it; else a mixed batch."""
-        if route.model is not None:
-            return route.model, None
-        peft = self._adapters.peft
-        if all(name == BASE for name in names):
-            plain = self._adapters.plain
-            return (plain, None) if plain is not None else (peft, list(names))
-        if route.mixed and len(set(names)) > 1:
-            return peft, list(names)
-        if peft.active_adapter != route.name:
-            peft.set_adapter(route.name)
-        return peft, None
 
     def stream(
         self,
@@ -383,7 +368,7 @@ class ChatEngine:
             return self._step_llama(group, rows[group.rows[0]], settings)
         route = group.route
         # the shared weights are looked up per step: removing the last adapter unwraps the PeftModel
-        model, mixed = self._runner(route, group.names)
+        model, mixed = self._adapters.runner(route, group.names)
         with torch.inference_mode(), self._adapters.mixed(mixed):
             ids = self._next_input(group, rows)
             kwargs = {}
