@@ -79,3 +79,47 @@ def test_guided_plan_estimate_advanced_and_start(studio_home, tiny_model, page, 
     assert status["step_seconds"] > 0 and status["seconds_left"] == 0  # the pace the trainer wrote
     page.get_by_role("tab", name="Runs", exact=True).click()
     page.locator("#run-progress .run-state[data-state='completed']").wait_for(timeout=30_000)
+
+
+def test_fields_stay_locked_until_a_picked_recipe_has_refilled_them(studio_home, page, app):
+    """A pick of recipe refills every field when the server answers; a value typed before that would
+    be overwritten without a word. Here the answer is held back: the fields are locked (the user's
+    typing goes nowhere and the section is dimmed), then refilled and editable again."""
+    from studio.ui.train_recipe import recipe_title
+
+    FULL = recipe_title("recipes/full_sft.yaml")  # noqa: N806 - its 40 steps differ from QLoRA's 60
+    server = app()
+    page.goto(server.url)
+    page.get_by_role("tab", name="Train", exact=True).click()
+    page.get_by_text("Advanced: every setting of the recipe").click()
+    steps = page.get_by_label("Training length (steps)", exact=True)
+    expect(page.get_by_label("Recipe", exact=True)).to_have_value("QLoRA SFT")
+    before = steps.input_value()
+    assert before != "40", "the full fine-tune recipe must change this field for the test to see a refill"
+
+    held = []
+    page.route("**/queue/join*", lambda route: held.append(route))  # requests wait here until released
+    page.get_by_label("Recipe", exact=True).click()
+    page.get_by_role("option", name=FULL, exact=True).click()
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the pick sent nothing to the server"
+    advanced = page.locator("#train-advanced")
+    assert advanced.evaluate("box => box.inert"), "the fields are not locked while the pick is pending"
+    expect(advanced).to_have_class(re.compile(r"\bstudio-refilling\b"))
+    steps.focus()  # Tab reaches the field (a click meets the loading overlay) and the person types
+    page.keyboard.type("7")
+    expect(steps).to_have_value(before)
+    screenshot(page, "train-refilling")
+
+    for request in held:
+        request.continue_()
+    page.unroute("**/queue/join*")
+    expect(page.locator("#train-changed")).to_contain_text(f"Switched to the {FULL} recipe")
+    expect(steps).to_have_value("40")
+    expect(advanced).not_to_have_class(re.compile(r"\bstudio-refilling\b"))
+    assert not advanced.evaluate("box => box.inert")
+    steps.fill("7")
+    expect(steps).to_have_value("7")

@@ -17,6 +17,7 @@ from studio.ui.rate_tab import JS as RATE_KEYS
 from studio.ui.rate_tab import build_rate_tab
 from studio.ui.runs_tab import build_runs_tab
 from studio.ui.serve_tab import build_serve_tab
+from studio.ui.train_tab import CSS as TRAIN_CSS
 from studio.ui.train_tab import build_train_tab
 from studio.ui.votes_tab import build_votes_tab
 
@@ -31,6 +32,7 @@ footer { display: none !important; }
 """
     + DATA_CSS
     + common.NOTICE_CSS
+    + TRAIN_CSS
 )
 JS = f"() => {{ ({RATE_KEYS})(); ({common.NOTICE_JS})(); }}"
 

@@ -25,6 +25,19 @@ METHOD_GUIDE = """**Preference methods**: **DPO** keeps a reference model, the p
 **SimPO** needs no reference model, often the best quality · **ORPO** trains SFT and preference in
 one pass, the lowest memory · **KTO** learns from thumbs-up / thumbs-down examples, no pairs needed."""
 START_RECIPE = "recipes/qlora_sft.yaml"
+# A picked method or recipe refills every field when the server answers: until then the fields are
+# locked (inert: no typing, no clicks), so a value typed meanwhile is not overwritten. The lock is
+# set in the browser before the request leaves and lifted when the answer (or an error) is in.
+LOCK_FIELDS = """(...values) => {
+  const box = document.querySelector("#train-advanced");
+  if (box) { box.inert = true; box.classList.add("studio-refilling"); }
+  return values;
+}"""
+UNLOCK_FIELDS = """() => {
+  const box = document.querySelector("#train-advanced");
+  if (box) { box.inert = false; box.classList.remove("studio-refilling"); }
+}"""
+CSS = "#train-advanced.studio-refilling { opacity: 0.6; cursor: progress; }"
 
 
 @dataclass
@@ -212,11 +225,13 @@ def build_train_tab(tab: gr.Tab | None = None) -> None:
         train_recipe.on_method,
         [editor.method, *editor.widgets],
         [editor.recipe, *editor.widgets, editor.quant_box, editor.changed],
-    )
+        js=LOCK_FIELDS,
+    ).then(None, js=UNLOCK_FIELDS)
     editor.recipe.input(
         train_recipe.on_pick_recipe,
         [editor.recipe, *editor.widgets],
         [*editor.widgets, editor.quant_box, editor.changed],
-    )
+        js=LOCK_FIELDS,
+    ).then(None, js=UNLOCK_FIELDS)
     if tab is not None:
         tab.select(on_show, None, [dataset, model], show_progress="hidden")
