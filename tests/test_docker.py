@@ -163,6 +163,21 @@ def test_copy_lines_match_the_dockerignore_allowlist():
     assert not never & allowed
 
 
+def test_the_cpu_image_builds_llama_cpp_with_the_makefiles_portable_flags():
+    """One set of llama.cpp build flags: the image's must be the Makefile's (portable, no
+    -march=native: an image runs on other CPUs than its builder), built for the CPU image only,
+    with the OpenMP runtime kept and the compilers removed."""
+    makefile = re.sub(r"\\\n\s*", " ", (ROOT / "Makefile").read_text(encoding="utf-8"))
+    make_flags = re.search(r"^LLAMA_CMAKE_ARGS = (.*)$", makefile, re.MULTILINE).group(1).split()
+    run = next(rest for rest in args_of("RUN") if "CMAKE_ARGS=" in rest)
+    image_flags = re.search(r'CMAKE_ARGS="([^"]*)"', run).group(1).split()
+    assert image_flags == make_flags
+    assert "-DGGML_NATIVE=OFF" in image_flags
+    assert 'if [ "${VARIANT}" = cpu ]' in run
+    assert "libgomp1" in run and "apt-get purge -y --auto-remove g++ make" in run
+    assert "libgomp1" not in run.split("apt-get purge", 1)[1].split("&&")[0]
+
+
 def test_entrypoint_is_executable_in_git():
     out = subprocess.run(
         ["git", "ls-files", "-s", "docker/entrypoint.sh"],
