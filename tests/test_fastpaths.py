@@ -189,15 +189,20 @@ def test_base_rows_skip_the_adapter_layers_and_pairs_skip_peft_per_call_hooks(
     assert calls["peft_hooks"] == 0, "the A/B batch went through PEFT's per-call hooks"
 
 
-def test_quantized_base_rows_run_the_adapter_layers_switched_off(lively_model, tmp_path):
-    """A quantized base has no plain copy: its base rows run in PEFT's layers as a mixed batch of
-    base rows, and still answer as the base does."""
+@pytest.mark.parametrize("why", ["quantized", "cannot be rebuilt"])
+def test_without_a_plain_copy_base_rows_run_the_adapter_layers_switched_off(lively_model, tmp_path, why):
+    """A quantized base, or a model class the copy cannot rebuild, has no plain copy: its base rows
+    run in PEFT's layers as a mixed batch of base rows, and still answer as the base does."""
     engine = ChatEngine()
     engine.load(str(lively_model), dtype="float32")
     before = _answer(engine, PROMPTS[1])
     name = engine.add_adapter(_random_adapter(str(lively_model), tmp_path / "adapter"))
-    engine._adapters.model.config.quantization_config = {"quant_method": "bitsandbytes"}  # as 4-bit loads say
-    assert engine._adapters.plain is None
+    loaded = engine._adapters
+    if why == "quantized":
+        loaded.model.config.quantization_config = {"quant_method": "bitsandbytes"}  # as 4-bit loads say
+    else:
+        loaded._copy_sharing_weights = lambda replaced: (_ for _ in ()).throw(ValueError("unknown class"))
+    assert loaded.plain is None
     assert _answer(engine, PROMPTS[1]) == before
     assert _answer(engine, PROMPTS[1], name) != before
 

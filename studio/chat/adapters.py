@@ -210,8 +210,11 @@ class LoadedAdapters:
         if getattr(self.model.config, "quantization_config", None) is not None:
             return None
         if self._plain is None:
-            self._plain = self._copy_sharing_weights({}).eval()
-        return self._plain
+            try:
+                self._plain = self._copy_sharing_weights({}).eval()
+            except Exception:  # a model class that cannot be rebuilt from its config: the slow way
+                self._plain = False
+        return None if self._plain is False else self._plain
 
     @property
     def shared(self):
