@@ -167,3 +167,23 @@ def test_make_pairs_in_the_browser_runs_a_background_job(app, page, tiny_model):
     expect(page.locator("#rate-progress")).to_contain_text("you rated 1")
     [vote] = store.pair_votes(job_id + "/")
     assert (vote.annotator, vote.verdict, vote.edited) == ("solo", "tie", "Four.")
+
+
+def test_a_late_tab_answer_keeps_the_job_that_generate_picked_and_refresh_finds_it(studio_home):
+    """Opening the tab asks the server for the job list; under load that answer can arrive after
+    "Generate pairs" picked the job it started. An answer with no job to pick leaves the pick
+    alone, and Refresh with nothing picked picks the newest job (in CI the late answer once
+    cleared the pick and the status said "No pair job yet" for good)."""
+    from studio.ui import rate_tab
+
+    assert pairs.list_jobs() == []
+    late = rate_tab._on_show(None)[-1]  # computed before the job existed
+    assert "value" not in late, "the tab's answer clears whatever job is picked meanwhile"
+    assert rate_tab._refreshed(None)["value"] is None
+    older = _job()
+    newest = _job()
+    assert pairs.list_jobs()[0] == newest != older
+    assert rate_tab._refreshed(None)["value"] == newest
+    assert rate_tab._refreshed(older)["value"] == older
+    assert rate_tab._refreshed("deleted-job")["value"] == newest
+    assert rate_tab._on_show(None)[-1]["value"] == newest

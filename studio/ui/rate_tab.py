@@ -47,12 +47,17 @@ def _adapters() -> list[tuple[str, str]]:
 def _on_show(job_id: str | None):
     jobs = _jobs()
     adapters = gr.update(choices=_adapters())
-    return (
-        adapters,
-        adapters,
-        gr.update(choices=_prompt_sources()),
-        gr.update(choices=jobs, value=job_id or (jobs or [None])[0]),
-    )
+    picked = job_id or (jobs or [None])[0]
+    # with nothing to pick, the value is left alone: this answer can arrive after "Generate pairs"
+    # has picked the job it started (a slow answer under load), and must not clear that pick
+    job = gr.update(choices=jobs, value=picked) if picked else gr.update(choices=jobs)
+    return adapters, adapters, gr.update(choices=_prompt_sources()), job
+
+
+def _refreshed(job_id: str | None):
+    """The job list now; the picked job stays picked, or the newest when none is."""
+    jobs = _jobs()
+    return gr.update(choices=jobs, value=job_id if job_id in jobs else (jobs or [None])[0])
 
 
 def _prompt_sources() -> list[str]:
@@ -240,7 +245,7 @@ def build_rate_tab(tab: gr.Tab | None = None) -> None:
     queue_inputs = [job, overlap, mode, name]
     make.click(on_generate, [lines, source, *side_a, *side_b, max_new], [job, status])
     gr.on([refresh.click, job.change], job_status, [job], [status])
-    refresh.click(lambda j: gr.update(choices=_jobs(), value=j), [job], [job])
+    refresh.click(_refreshed, [job], [job])
     if tab is not None:  # what the workspace holds now: new adapters, datasets and pair jobs
         tab.select(_on_show, [job], [side_a[1], side_b[1], source, job])
     stop.click(on_stop, [job], [status])
