@@ -10,7 +10,9 @@ Serving (`LoadedAdapters`): LoRA adapters share the base weights and join PEFT m
 batches (the base is PEFT's "__base__", every adapter switched off). PEFT refuses DoRA in mixed
 batches and unmerged DoRA decodes ~7x slower, so a DoRA adapter is merged into a private copy of
 only the weights it touches (everything else is shared with the base); when memory is short it is
-served unmerged instead: correct, but slow. Each adapter gets a `Route` saying which model runs it; rows that all run the base use `plain`.
+served unmerged instead: correct, but slow. Each adapter gets a `Route` saying which model runs it;
+`runner` picks the module for a batch of rows (rows that all run the base use `plain`, the base
+without adapter layers over the same tensors).
 
 Not thread-safe on its own: ChatEngine calls it under its lock. Knows nothing about decoding,
 sampling, the UI or the preference store.

@@ -15,9 +15,9 @@ On CUDA "auto" means bf16 where supported.
 
 Which adapters are loaded and which module runs a batch of rows (a merged DoRA copy runs as its
 own forward pass next to the shared batch) is studio.chat.adapters' business; this module turns
-routes into rows, batches and tokens. Streams yield `Reply` objects (text so far, tokens, elapsed seconds,
-tokens_per_s, finish); `stream_pair` yields one per side. Knows nothing about the UI, training,
-the A/B turn (studio.chat.session) or the preference store.
+routes into rows, batches and tokens. Streams yield `Reply` objects (text so far, tokens, elapsed
+seconds, tokens_per_s, finish); `stream_pair` yields one per side. Knows nothing about the UI,
+training, the A/B turn (studio.chat.session) or the preference store.
 """
 
 from __future__ import annotations
