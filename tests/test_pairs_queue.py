@@ -41,7 +41,9 @@ def pick_for(shown: queue.Shown, column: str) -> str:
 
 
 def test_each_person_sees_each_pair_once_in_a_fixed_shuffle_and_blind_coins():
-    job = make_job(8)
+    # 40 pairs: the coins hash the job id, which holds the time, so with 8 pairs one run in 128
+    # drew the same side every time (CI met it); with 40, one in 2**39
+    job = make_job(40)
     q = queue.RatingQueue(job, "alice", overlap=2)
     seen, coins = [], set()
     while (shown := q.next()) is not None:
@@ -50,23 +52,23 @@ def test_each_person_sees_each_pair_once_in_a_fixed_shuffle_and_blind_coins():
         coins.add(shown.shown_first)
         assert {shown.first, shown.second} == {shown.pair.answer_a, shown.pair.answer_b}
         q.vote(pick_for(shown, "A"))
-    assert sorted(seen) == list(range(8)) and seen != list(range(8))  # shuffled, each once
+    assert sorted(seen) == list(range(40)) and seen != list(range(40))  # shuffled, each once
     assert coins == {"A", "B"}  # blind: both orders occur
     again = queue.RatingQueue(job, "alice", overlap=2)
     assert again.next() is None  # the store knows what alice rated, across queue objects
     bob = queue.RatingQueue(job, "bob", overlap=2)
     assert bob.next().pair.prompt_id == seen[0]  # same job shuffle: pairs short of the overlap first
     votes = store.pair_votes(job + "/")
-    assert len(votes) == 8 and all(v.verdict == "A" and v.annotator == "alice" for v in votes)
+    assert len(votes) == 40 and all(v.verdict == "A" and v.annotator == "alice" for v in votes)
     assert (votes[0].source_a, votes[0].source_b, votes[0].answer_a) == (
         "A src",
         "B src",
-        "good " + votes[0].pair_id[-1],
+        "good " + votes[0].pair_id.rsplit("/", 1)[1],
     )
     assert (
-        q.progress().mine == 8
+        q.progress().mine == 40
         and q.progress().done == 0
-        and str(q.progress()) == "0 of 8 pairs done · you rated 8"
+        and str(q.progress()) == "0 of 40 pairs done · you rated 40"
     )
 
 
