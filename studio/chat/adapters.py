@@ -218,11 +218,6 @@ class LoadedAdapters:
                 self._plain = False
         return None if self._plain is False else self._plain
 
-    @property
-    def shared(self):
-        """The module that runs the shared weights: the PeftModel while adapters are in, else the base."""
-        return self.peft if self.peft is not None else self.model
-
     def add(self, path: str | Path) -> str:
         """Load a run's adapter or a checkpoint; returns its name (the same name when added twice)."""
         folder = adapter_folder(path)
