@@ -76,9 +76,10 @@ def engine(tiny_model):
     engine.unload()
 
 
-def count_forwards(module) -> list[int]:
+def count_forwards(*modules) -> list[int]:
     calls = [0]
-    module.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    for module in modules:
+        module.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     return calls
 
 
@@ -99,7 +100,8 @@ def test_pair_runs_in_one_batch_and_equals_each_side_alone(engine, runs):
     base_alone = last(engine.stream(ASK, None, GREEDY)).text
     lora_alone = last(engine.stream(OTHER, lora, GREEDY)).text
     assert base_alone != last(engine.stream(ASK, lora, GREEDY)).text  # the adapter matters
-    forwards = count_forwards(engine._adapters.peft)
+    loaded = engine._adapters  # any of the three models that can run a batch of rows
+    forwards = count_forwards(loaded.peft, loaded.plain, loaded.lean.model)
     steps = list(engine.stream_pair(ASK, OTHER, None, lora, GREEDY))  # prompts of unequal length: padding
     assert forwards[0] == len(steps) == GREEDY.max_new_tokens  # ONE forward per step for both sides
     a, b = steps[-1]

@@ -124,15 +124,19 @@ def test_incremental_detokenization_equals_decoding_the_whole_answer(tiny_model)
     assert waited > 0, "no multi-byte character was split across tokens: the test proves less"
 
 
-def _random_adapter(spec: str, folder):
+def _random_adapter(spec: str, folder, **extra):
     """A LoRA adapter whose weights are NOT zero, so the adapter side really answers differently."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(1)
-    config = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False
-    )
+    settings = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]}
+    config = LoraConfig(**{**settings, **extra}, init_lora_weights=False)
     model = get_peft_model(models.load_model(spec), config)
+    if extra.get("lora_bias"):
+        with torch.no_grad():  # PEFT starts the bias at zero: make it matter
+            for name, param in model.named_parameters():
+                if "lora_B" in name and name.endswith(".bias"):
+                    param.normal_(0, 0.5)
     model.save_pretrained(folder)
     return folder
 
@@ -151,60 +155,131 @@ def test_batched_pair_equals_each_side_alone(lively_model, tmp_path):
     assert _answer(engine, PROMPTS[1]) != alone_b, "the adapter changes nothing: the A/B test proves nothing"
 
 
-def test_base_rows_skip_the_adapter_layers_and_pairs_skip_peft_per_call_hooks(
-    lively_model, tmp_path, monkeypatch
-):
-    """With a LoRA loaded, rows that all run the base go through no adapter layer (PEFT's per-layer
-    work made such a decode step 1.5x slower), and an A/B batch hands the rows' adapters to the
-    layers without PEFT's per-call hook registration (a walk over every module, each step);
-    answers stay exactly those of each side alone."""
+def _count_calls(engine, monkeypatch) -> dict:
+    """Count forwards through PEFT's adapter layers, PEFT's per-call hook registration, and the
+    LoRA products the lean copy adds."""
     from peft.tuners.lora import LoraLayer
     from peft.tuners.lora import model as lora_model
 
-    engine = ChatEngine()
-    engine.load(str(lively_model), dtype="float32")
-    before = _answer(engine, PROMPTS[0])
-    name = engine.add_adapter(_random_adapter(str(lively_model), tmp_path / "adapter"))
-    calls = {"layer": 0, "peft_hooks": 0}
+    calls = {"peft_layer": 0, "peft_hooks": 0, "lean_products": 0}
 
     def count(key):
         return lambda *args, **kwargs: calls.__setitem__(key, calls[key] + 1)
 
     for module in engine._adapters.peft.modules():
         if isinstance(module, LoraLayer):
-            module.register_forward_pre_hook(count("layer"))
-    real = lora_model._adapter_names_pre_forward_hook
+            module.register_forward_pre_hook(count("peft_layer"))
+    real_hook = lora_model._adapter_names_pre_forward_hook
     monkeypatch.setattr(
         lora_model,
         "_adapter_names_pre_forward_hook",
-        lambda *args, **kwargs: (count("peft_hooks")(), real(*args, **kwargs))[1],
+        lambda *args, **kwargs: (count("peft_hooks")(), real_hook(*args, **kwargs))[1],
     )
+    real_plan = engine._adapters.lean._plan
+
+    def plan(names):
+        made = real_plan(names)
+        for weights, _mask in made:
+            calls["lean_products"] += len(weights)
+        return made
+
+    monkeypatch.setattr(engine._adapters.lean, "_plan", plan)
+    return calls
+
+
+def test_base_rows_skip_the_adapter_layers_and_lora_rows_skip_peft_layers(
+    lively_model, tmp_path, monkeypatch
+):
+    """With a LoRA loaded, rows that all run the base go through no adapter layer (PEFT's per-layer
+    work made such a decode step 1.5x slower); the adapter alone and an A/B batch run the lean copy,
+    which adds each row's LoRA product in one hook per layer, through none of PEFT's layers or
+    per-call hooks; answers stay exactly those of each side alone."""
+    engine = ChatEngine()
+    engine.load(str(lively_model), dtype="float32")
+    before = _answer(engine, PROMPTS[0])
+    name = engine.add_adapter(_random_adapter(str(lively_model), tmp_path / "adapter"))
+    calls = _count_calls(engine, monkeypatch)
     assert _answer(engine, PROMPTS[0]) == before
-    assert calls["layer"] == 0, "the base alone ran PEFT's adapter layers"
+    assert calls == {"peft_layer": 0, "peft_hooks": 0, "lean_products": 0}, "the base alone ran adapter work"
     alone = _answer(engine, PROMPTS[0], name)
-    assert calls["layer"] > 0 and alone != before, "the adapter side did not run its adapter"
+    assert alone != before and calls["lean_products"] > 0, "the adapter side did not run its adapter"
     messages = [{"role": "user", "content": PROMPTS[0]}]
     a, b = list(engine.stream_pair(messages, messages, None, name, GREEDY))[-1]
     assert (a.text, b.text) == (before, alone)
-    assert calls["peft_hooks"] == 0, "the A/B batch went through PEFT's per-call hooks"
+    assert calls["peft_layer"] == calls["peft_hooks"] == 0, "a LoRA row went through PEFT's layers"
+
+
+def test_lean_lora_rows_equal_peft_own_layers(lively_model, tmp_path):
+    """The lean copy's logits equal PEFT's for an adapter alone, two adapters and the base mixed in
+    one batch (PEFT's mixed batch), within float rounding; greedy answers are the same."""
+    engine = ChatEngine()
+    engine.load(str(lively_model), dtype="float32")
+    first = engine.add_adapter(_random_adapter(str(lively_model), tmp_path / "one"))
+    second = engine.add_adapter(_random_adapter(str(lively_model), tmp_path / "two", r=8, use_rslora=True))
+    loaded = engine._adapters
+    assert set(loaded.lean.weights) == {first, second}
+    ids = torch.tensor([engine.prompt_ids([{"role": "user", "content": PROMPTS[1]}])] * 3)
+    lean_answers = [_answer(engine, PROMPTS[1], adapter) for adapter in (first, second)]
+    lean = {
+        rows: engine.forward(list(rows), input_ids=ids[: len(rows)]).logits
+        for rows in [(first,), (None, first, second), (second, second)]
+    }
+    lean_weights, loaded.lean.weights = loaded.lean.weights, {}  # PEFT's own layers from here on
+    assert [_answer(engine, PROMPTS[1], adapter) for adapter in (first, second)] == lean_answers
+    for rows, logits in lean.items():
+        peft = engine.forward(list(rows), input_ids=ids[: len(rows)]).logits
+        assert torch.allclose(logits, peft, atol=1e-5, rtol=1e-4), rows
+    loaded.lean.weights = lean_weights
+    assert lean_answers[0] != lean_answers[1] != _answer(engine, PROMPTS[1]), "the adapters change nothing"
+
+
+def test_adapters_the_lean_copy_cannot_run_stay_in_peft_layers(lively_model, tmp_path, monkeypatch):
+    """A LoRA with a bias on its B matrix is not x·Aᵀ·Bᵀ·scale: it runs in PEFT's layers, alone and
+    in a batch with a lean one, and answers as PEFT computes it."""
+    engine = ChatEngine()
+    engine.load(str(lively_model), dtype="float32")
+    plain = engine.add_adapter(_random_adapter(str(lively_model), tmp_path / "plain"))
+    biased = engine.add_adapter(_random_adapter(str(lively_model), tmp_path / "biased", lora_bias=True))
+    assert set(engine._adapters.lean.weights) == {plain}
+    messages = [{"role": "user", "content": PROMPTS[0]}]
+    calls = _count_calls(engine, monkeypatch)
+    alone = _answer(engine, PROMPTS[0], biased)
+    assert calls["peft_layer"] > 0 and calls["lean_products"] == 0
+    a, b = list(engine.stream_pair(messages, messages, plain, biased, GREEDY))[-1]
+    assert (a.text, b.text) == (_answer(engine, PROMPTS[0], plain), alone)
+    peft = engine._adapters.peft
+    peft.set_adapter(biased)
+    ids = torch.tensor([engine.prompt_ids(messages)])
+    with torch.no_grad():
+        want = peft(input_ids=ids).logits
+    assert torch.allclose(engine.forward([biased], input_ids=ids).logits, want, atol=1e-5)
+    with peft.disable_adapter(), torch.no_grad():
+        assert not torch.allclose(peft(input_ids=ids).logits, want, atol=1e-3), "the bias adapter is a no-op"
 
 
 @pytest.mark.parametrize("why", ["quantized", "cannot be rebuilt"])
-def test_without_a_plain_copy_base_rows_run_the_adapter_layers_switched_off(lively_model, tmp_path, why):
-    """A quantized base, or a model class the copy cannot rebuild, has no plain copy: its base rows
-    run in PEFT's layers as a mixed batch of base rows, and still answer as the base does."""
+def test_without_a_plain_copy_rows_run_in_peft_layers(lively_model, tmp_path, why):
+    """A quantized base, or a model class the copy cannot rebuild, has neither the plain nor the
+    lean copy: its base rows run in PEFT's layers as a mixed batch of base rows, its LoRA rows in
+    PEFT's layers, and each side still answers as it does alone."""
     engine = ChatEngine()
     engine.load(str(lively_model), dtype="float32")
     before = _answer(engine, PROMPTS[1])
-    name = engine.add_adapter(_random_adapter(str(lively_model), tmp_path / "adapter"))
     loaded = engine._adapters
     if why == "quantized":
         loaded.model.config.quantization_config = {"quant_method": "bitsandbytes"}  # as 4-bit loads say
     else:
         loaded._copy_sharing_weights = lambda replaced: (_ for _ in ()).throw(ValueError("unknown class"))
-    assert loaded.plain is None
+    name = engine.add_adapter(_random_adapter(str(lively_model), tmp_path / "adapter"))
+    assert loaded.plain is None and loaded.lean is None
     assert _answer(engine, PROMPTS[1]) == before
-    assert _answer(engine, PROMPTS[1], name) != before
+    alone = _answer(engine, PROMPTS[1], name)
+    assert alone != before
+    messages = [{"role": "user", "content": PROMPTS[1]}]
+    assert [r.text for r in list(engine.stream_pair(messages, messages, None, name, GREEDY))[-1]] == [
+        before,
+        alone,
+    ]
 
 
 def test_sampled_pair_equals_each_side_alone(lively_model):

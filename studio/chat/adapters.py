@@ -11,8 +11,10 @@ batches (the base is PEFT's "__base__", every adapter switched off). PEFT refuse
 batches and unmerged DoRA decodes ~7x slower, so a DoRA adapter is merged into a private copy of
 only the weights it touches (everything else is shared with the base); when memory is short it is
 served unmerged instead: correct, but slow. Each adapter gets a `Route` saying which model runs it;
-`runner` picks the module for a batch of rows (rows that all run the base use `plain`, the base
-without adapter layers over the same tensors).
+`runner` picks the module for a batch of rows: rows that all run the base use `plain`, the base
+without adapter layers over the same tensors; rows of plain LoRA adapters (and the base) use
+`lean`, another such copy whose linear layers add each row's LoRA product in one hook, without
+PEFT's per-layer bookkeeping; anything else runs in PEFT's own layers.
 
 Not thread-safe on its own: ChatEngine calls it under its lock. Knows nothing about decoding,
 sampling, the UI or the preference store.
@@ -201,6 +203,7 @@ class LoadedAdapters:
         self._plain = None  # the base without adapter layers, made on first use
         self._mixed_names: list[str] | None = None  # the rows' adapters while a mixed batch runs
         self._hooked: set[int] = set()  # adapter layers that read `_mixed_names`
+        self._lean = None  # LeanLora over another plain copy, made when the first adapter comes
 
     @property
     def plain(self):
@@ -217,6 +220,21 @@ class LoadedAdapters:
             except Exception:  # a model class that cannot be rebuilt from its config: the slow way
                 self._plain = False
         return None if self._plain is False else self._plain
+
+    @property
+    def lean(self):
+        """Plain LoRA adapters' rows without PEFT's layers (`studio.chat.lean`), over `plain`'s
+        twin; None where there is no plain copy."""
+        if self._lean is None and self.peft is not None:
+            from studio.chat.lean import LeanLora
+
+            try:
+                self._lean = (
+                    LeanLora(self._copy_sharing_weights({}).eval()) if self.plain is not None else False
+                )
+            except Exception:
+                self._lean = False
+        return self._lean or None
 
     def add(self, path: str | Path) -> str:
         """Load a run's adapter or a checkpoint; returns its name (the same name when added twice)."""
@@ -243,12 +261,16 @@ class LoadedAdapters:
             self._forget(name)
             raise
         self.folders[name], self.routes[name] = folder, route
+        if route.mixed and self.lean is not None:
+            self.lean.add(name, self.peft)
         return name
 
     def remove(self, name: str) -> None:
         """Forget one adapter (what only it used is freed once unreferenced)."""
         route = self.routes.pop(name, None)
         self.folders.pop(name, None)
+        if self._lean:
+            self._lean.remove(name)
         if route is not None and route.model is None:
             self._forget(name)
 
@@ -270,6 +292,9 @@ class LoadedAdapters:
         if all(name == BASE for name in names):
             plain = self.plain
             return (plain, None) if plain is not None else (self.peft, list(names))
+        lean = self._lean
+        if route.mixed and lean and all(name == BASE or lean.serves(name) for name in names):
+            return lean.model, list(names)
         if route.mixed and len(set(names)) > 1:
             return self.peft, list(names)
         if self.peft.active_adapter != route.name:
@@ -290,8 +315,13 @@ class LoadedAdapters:
         hooks here are registered once per layer and read the names from this object.
         """
         self._mixed_names = names
+        lean = self._lean if names is not None else None
         try:
-            yield
+            if lean:
+                with lean.rows(names):
+                    yield
+            else:
+                yield
         finally:
             self._mixed_names = None
 
@@ -324,6 +354,7 @@ class LoadedAdapters:
         left = list(self.peft.peft_config)
         if not left:
             self.model, self.peft, self._plain = self.peft.unload(), None, None
+            self._lean = None
         elif self.peft.active_adapter not in left:
             self.peft.set_adapter(left[0])  # PEFT keeps pointing at the deleted one otherwise
 
