@@ -383,7 +383,7 @@ def run(quick: bool) -> Section:
             )
         )
         section.notes.append(
-            "A/B: base (adapter off) and a rank-16 LoRA on every projection, in one PEFT mixed-adapter batch"
+            "A/B: the base and a rank-16 LoRA on every projection, in one forward per step (the lean copy: each row's LoRA product added in one hook per layer, a 0/1 row mask for the base row)"
         )
         log(f"chat: llama.cpp, load {load_now():.1f}")
         rows, notes = llama_cpp_rows(ab, models_["fp32"], tokenizer, prompts, max_new, rounds, adapter)

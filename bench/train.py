@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -87,9 +88,18 @@ def studio_once(recipe: str, steps: int, tmp: Path, sets: tuple[str, ...] = ()) 
         *(arg for item in sets for arg in ("--set", item)),
     ]
     peak = run_polled(cmd, tmp / f"{run_dir.name}.log")
+    plan = re.search(
+        r"precision: (\w+); gradient checkpointing: (\w+)", (tmp / f"{run_dir.name}.log").read_text()
+    )
+    if plan and recipe == "lora_sft" and not sets:
+        STUDIO_SETTINGS.update(precision=plan[1], gradient_checkpointing=plan[2])
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     rates = [json.loads(x)["tokens_per_second"] for x in lines if "tokens_per_second" in x]
     return {"tok_s": statistics.median(rates[1:] or rates), "peak_mb": peak / 2**20}
+
+
+TRL_SETTINGS: dict = {}  # what SFTConfig's defaults were in the baseline's last run, for the notes
+STUDIO_SETTINGS: dict = {}  # what the studio's lora_sft plan chose, read from its log
 
 
 def trl_once(model_dir: str, steps: int, tmp: Path, qlora: bool) -> dict:
@@ -98,6 +108,7 @@ def trl_once(model_dir: str, steps: int, tmp: Path, qlora: bool) -> dict:
     log_file = tmp / f"{out.name}.log"
     peak = run_polled(cmd + (["--qlora"] if qlora else []), log_file)
     result = json.loads(log_file.read_text().strip().splitlines()[-1])
+    TRL_SETTINGS.update({k: result.get(k) for k in ("batch_size", "bf16", "gradient_checkpointing")})
     return {"tok_s": result["tokens_per_second"], "peak_mb": peak / 2**20}
 
 
@@ -171,6 +182,11 @@ def run(quick: bool) -> Section:
             m, "packed", "grouped", "LoRA SFT {}, packed vs length-grouped, long-tailed lengths"
         )
     section.notes += [
+        "TRL defaults as the baseline ran them (SFTConfig): "
+        + ", ".join(f"{k} {v}" for k, v in TRL_SETTINGS.items())
+        + "; the studio's lora_sft as shipped: batch 4, "
+        + ", ".join(f"{k} {v}" for k, v in STUDIO_SETTINGS.items())
+        + " (checkpointing is on only when the memory estimate is tight)",
         "packed vs grouped: 256 rows, answers ~10-500 tokens (log-uniform), lora_sft as shipped (batch 4, "
         "max_length 512): a packed step holds 4 rows of up to 512 tokens, a grouped step 4 examples",
         "the studio's SFT batches are grouped by length (training.group_by_length) and padded per batch, "

@@ -97,6 +97,7 @@ def main() -> int:
                 "tokens_per_second": statistics.median(rates) if rates else 0.0,
                 "batch_size": config.per_device_train_batch_size,
                 "bf16": config.bf16,
+                "gradient_checkpointing": config.gradient_checkpointing,
             }
         )
     )

@@ -1,9 +1,9 @@
 """Chat inference: one base model in memory, any number of PEFT adapters, streamed answers.
 
 The base and the tuned models share one copy of the weights. A/B answers that run on the same
-weights go through ONE batched forward pass per step (a PEFT mixed-adapter batch, left padding),
-each side stopping at its own EOS; a side alone runs the base without adapter layers, or its one
-adapter switched on. The decode loop is ours, not `generate`: it runs in the caller's thread, one
+weights go through ONE batched forward pass per step (each row's LoRA added in one hook per
+layer, studio.chat.lean; left padding), each side stopping at its own EOS; a side alone runs the
+base without adapter layers, or its one adapter. The decode loop is ours, not `generate`: it runs in the caller's thread, one
 step per `next()`, so stopping (an Event, or simply closing the iterator when the page goes away)
 never leaves a generation thread behind, and each side samples from its own seeded generator, so
 a side's answer does not depend on what the other side is doing. On a CPU with the llama.cpp

@@ -4,7 +4,7 @@ One background thread owns the decode loop. Between two steps it admits waiting 
 `max_batch` decoding at once): it reads their prompts in one forward pass per weight group (the
 prefill), then merges their KV caches into the running batch, left-padded, so that every later
 step decodes all requests in ONE forward pass per weight group: the base and the LoRA adapters of
-that base share a PEFT mixed-adapter batch, as the A/B chat does. A finished or cancelled request
+that base share one mixed batch (studio.chat.lean), as the A/B chat does. A finished or cancelled request
 leaves the batch at once (its cache rows are dropped), so a client that goes away frees its slot
 within a step. The waiting line is bounded: a full one raises QueueFull.
 
