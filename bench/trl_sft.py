@@ -1,11 +1,11 @@
 """The baseline for the training benchmark: a plain TRL SFTTrainer script with TRL's own defaults.
 
-Same model folder, same data (sample_data/alpaca.jsonl as messages), same LoRA settings as the
+Same model folder, same data (sample_data/alpaca.jsonl, or --data, as messages), same LoRA settings as the
 studio's recipes; everything else is whatever SFTConfig defaults to. Prints one JSON line with
 the per-log-step tokens/s (tokens read between two log lines over the wall time between them,
 the same way the studio's run folder writes tokens_per_second).
 
-Run as: python bench/trl_sft.py MODEL_DIR OUT_DIR --max-steps N [--qlora]
+Run as: python bench/trl_sft.py MODEL_DIR OUT_DIR --max-steps N [--qlora] [--data ALPACA.jsonl]
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def alpaca_messages() -> list[dict]:
-    rows = [
-        json.loads(line) for line in (ROOT / "sample_data" / "alpaca.jsonl").read_text().splitlines() if line
-    ]
+def alpaca_messages(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
     return [
         {
             "messages": [
@@ -46,6 +44,9 @@ def main() -> int:
     parser.add_argument("out")
     parser.add_argument("--max-steps", type=int, default=10)
     parser.add_argument("--qlora", action="store_true")
+    parser.add_argument(
+        "--data", type=Path, default=ROOT / "sample_data" / "alpaca.jsonl", help="Alpaca JSONL"
+    )
     args = parser.parse_args()
 
     import torch
@@ -85,7 +86,7 @@ def main() -> int:
     trainer = SFTTrainer(
         model=args.model,
         args=config,
-        train_dataset=Dataset.from_list(alpaca_messages()),
+        train_dataset=Dataset.from_list(alpaca_messages(args.data)),
         peft_config=lora,
         callbacks=[Clock()],
     )

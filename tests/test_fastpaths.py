@@ -321,6 +321,33 @@ def test_data_bench_pipelines_agree(tiny_model, tmp_path):
     assert data.datasets_pipeline(path, tokenizer, 512) == 50
 
 
+@pytest.mark.slow
+def test_training_bench_equal_length_rows_are_equal_length(default_model, tmp_path):
+    """The SFT target is measured on equal-length rows: the bench's rows must really be, as the
+    model's own chat template and tokenizer read them (else batches pad and the ratio means less)."""
+    from bench import train
+
+    path = train.equal_length(tmp_path / "equal.jsonl", default_model)
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    tokenizer = models.load_tokenizer(default_model)
+    lengths = [
+        len(
+            tokenizer.apply_chat_template(
+                [
+                    {"role": "user", "content": r["instruction"]},
+                    {"role": "assistant", "content": r["output"]},
+                ],
+                tokenize=True,
+                return_dict=True,
+            )["input_ids"]
+        )
+        for r in rows
+    ]
+    assert len(rows) == 64 and len({r["output"] for r in rows}) == 64
+    assert max(lengths) - min(lengths) <= 0.02 * max(lengths), (min(lengths), max(lengths))
+    assert min(lengths) > 200
+
+
 def test_interleave_alternates_order_and_takes_medians():
     from bench.common import Row, interleave
 
