@@ -137,11 +137,22 @@ def trl_once(model_dir: str, steps: int, tmp: Path, qlora: bool, data: Path | No
     return {"tok_s": result["tokens_per_second"], "peak_mb": peak / 2**20}
 
 
-def _speed_and_memory(m: dict, ours: str, theirs: str, measure: str) -> list[Row]:
-    """Two rows for one interleaved pair: tokens/s (higher is better) and peak RSS (lower is better)."""
+def _speed_and_memory(
+    m: dict, ours: str, theirs: str, measure: str, targets: tuple[float | None, float | None] = (None, None)
+) -> list[Row]:
+    """Two rows for one interleaved pair: tokens/s (higher is better) and peak RSS (lower is better;
+    its target reads baseline / studio, so 1.25 means at most 0.8x the baseline's memory)."""
     return [
-        Row("train", measure.format("tokens/s"), m[ours]["tok_s"], m[theirs]["tok_s"], "tok/s"),
-        Row("train", measure.format("peak RSS"), m[ours]["peak_mb"], m[theirs]["peak_mb"], "MB", None, False),
+        Row("train", measure.format("tokens/s"), m[ours]["tok_s"], m[theirs]["tok_s"], "tok/s", targets[0]),
+        Row(
+            "train",
+            measure.format("peak RSS"),
+            m[ours]["peak_mb"],
+            m[theirs]["peak_mb"],
+            "MB",
+            targets[1],
+            False,
+        ),
     ]
 
 
@@ -164,21 +175,10 @@ def run(quick: bool) -> Section:
                 },
                 rounds,
             )
-            s, t = m["studio"], m["trl"]
-            log(f"train: {recipe}: studio {s}, TRL {t}")  # on stderr too, in case a later recipe times out
-            section.rows.append(
-                Row("train", f"{recipe} tokens/s vs TRL defaults", s["tok_s"], t["tok_s"], "tok/s", 1.5)
-            )
-            section.rows.append(
-                Row(
-                    "train",
-                    f"{recipe} peak RSS vs TRL defaults",
-                    s["peak_mb"],
-                    t["peak_mb"],
-                    "MB",
-                    1.0,
-                    False,
-                )
+            # on stderr too, in case a later recipe times out
+            log(f"train: {recipe}: studio {m['studio']}, TRL {m['trl']}")
+            section.rows += _speed_and_memory(
+                m, "studio", "trl", f"{recipe} {{}} vs TRL defaults", (1.5, 1.0)
             )
         equal = equal_length(tmp / "equal_length.jsonl", model_dir)
         log(f"train: lora_sft vs TRL defaults on {equal.name}, {steps} steps, {rounds} round(s)")
@@ -190,25 +190,9 @@ def run(quick: bool) -> Section:
             rounds,
         )
         log(f"train: equal-length rows: studio {m['studio']}, TRL {m['trl']}")
-        section.rows += [
-            Row(
-                "train",
-                "lora_sft tokens/s vs TRL defaults, equal-length rows",
-                m["studio"]["tok_s"],
-                m["trl"]["tok_s"],
-                "tok/s",
-                2.0,
-            ),
-            Row(
-                "train",
-                "lora_sft peak RSS vs TRL defaults, equal-length rows",
-                m["studio"]["peak_mb"],
-                m["trl"]["peak_mb"],
-                "MB",
-                1.25,
-                False,
-            ),
-        ]
+        section.rows += _speed_and_memory(
+            m, "studio", "trl", "lora_sft {} vs TRL defaults, equal-length rows", (2.0, 1.25)
+        )
         log(f"train: lora_sft 16-bit base (bf16) vs fp32, {steps} steps, {rounds} round(s)")
         m = interleave(
             {
