@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "studio.train.tokenized": 3,
     "studio.train.probes": 3,
     "studio.chat.adapters": 2,
+    "studio.chat.lean": 2,
     "studio.chat.decoding": 2,
     "studio.chat": 3,
     "studio.prefs": 3,

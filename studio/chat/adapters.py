@@ -6,8 +6,8 @@ Finding: a run folder, its `adapter/`, or a `checkpoints/checkpoint-N` (`adapter
 which dataset it learned from, read from its run folder through `studio.rundir`). Checking, before PEFT touches the model: LoRA/DoRA only, the
 recorded base names the loaded one, every LoRA matrix has the shape of the layer it patches.
 
-Serving (`LoadedAdapters`): LoRA adapters share the base weights and join PEFT mixed-adapter
-batches (the base is PEFT's "__base__", every adapter switched off). PEFT refuses DoRA in mixed
+Serving (`LoadedAdapters`): LoRA adapters share the base weights and share batches with the base
+and each other (the base is PEFT's "__base__", every adapter switched off). PEFT refuses DoRA in mixed
 batches and unmerged DoRA decodes ~7x slower, so a DoRA adapter is merged into a private copy of
 only the weights it touches (everything else is shared with the base); when memory is short it is
 served unmerged instead: correct, but slow. Each adapter gets a `Route` saying which model runs it;
@@ -285,8 +285,8 @@ class LoadedAdapters:
     def runner(self, route: Route, names: list[str]) -> tuple[object, list[str] | None]:
         """The module that runs one batch of rows, and the rows' adapters when they differ (then
         run it inside `mixed(names)`): a DoRA copy; the base without adapter layers when every row
-        is the base; the PeftModel with one adapter switched on when every row uses it; else a
-        PEFT mixed batch."""
+        is the base; the lean copy when every other row's adapter is plain LoRA; else the
+        PeftModel, with one adapter switched on when every row uses it, or as a mixed batch."""
         if route.model is not None:
             return route.model, None
         if all(name == BASE for name in names):

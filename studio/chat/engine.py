@@ -234,7 +234,7 @@ class ChatEngine:
             return _prompt_ids(self._tokenizer, messages, system_prompt)
 
     def group_key(self, adapter: str | None) -> tuple:
-        """Rows with equal keys may share one `forward` (the same weights; PEFT mixed batch)."""
+        """Rows with equal keys may share one `forward` (the same base weights, any LoRA per row)."""
         with self._lock:
             self._require_loaded()
             route = self._adapters.route(adapter)
