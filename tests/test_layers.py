@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "studio.train.outcome": 2,
     "studio.train.fieldlabels": 2,
     "studio.train.pace": 2,
+    "studio.train.lora_dropout": 2,
     "studio.train.preflight": 3,
     "studio.train.cluster": 3,
     "studio.train.callbacks": 3,

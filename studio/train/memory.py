@@ -191,14 +191,21 @@ def _activations(
     shape: Shape, recipe, bf16: bool, checkpointing: bool, tokens: int, notes: list[str]
 ) -> float:
     act = 2 if bf16 else 4
-    per_layer = (
-        16 * shape.hidden + 5 * shape.intermediate
-    )  # block inputs, attention, MLP, LoRA dropout copies
+    lo = recipe.lora
+    # each adapted projection's dropped input (q, k, v, o, gate, up read hidden-wide rows, down
+    # reads intermediate-wide ones): a full copy under PEFT's dropout (DoRA, Unsloth), a 1-byte
+    # mask where the studio folds the dropout into lora_A (train/lora_dropout.py), none without one
+    dropout = lo.enabled and lo.dropout > 0
+    folded = dropout and not lo.use_dora and recipe.backend != "unsloth"
+    copy = 1 if folded else act if dropout else 0
+    per_layer = act * (10 * shape.hidden + 4 * shape.intermediate) + copy * (
+        6 * shape.hidden + shape.intermediate
+    )
     if checkpointing:
         notes.append("gradient checkpointing: one block's activations plus each block's input")
-        return tokens * act * (shape.layers * shape.hidden + per_layer)
+        return tokens * (act * shape.layers * shape.hidden + per_layer)
     notes.append("no gradient checkpointing: every block's activations kept for the backward pass")
-    return tokens * act * shape.layers * per_layer
+    return tokens * shape.layers * per_layer
 
 
 def estimate_memory(

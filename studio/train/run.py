@@ -22,7 +22,7 @@ from pathlib import Path
 from transformers import PrinterCallback
 
 from studio import models, processes, rundir, workspace
-from studio.train import callbacks, memory, preflight, probes, recipes, setup, tokenized
+from studio.train import callbacks, lora_dropout, memory, preflight, probes, recipes, setup, tokenized
 from studio.train.recipes import Recipe
 
 
@@ -171,6 +171,13 @@ def prepare(recipe: Recipe, run_dir: Path, extra_callbacks=(), plan: setup.Plan 
     model = setup.load_model(recipe, tokenizer, plan, added_pad)
     trainer = build_trainer(recipe, model, tokenizer, train_ds, eval_ds, plan, run_dir, list(extra_callbacks))
     trainer.remove_callback(PrinterCallback)  # RunCallback prints one compact line per log event
+    if recipe.backend != "unsloth":  # Unsloth's kernels handle their own dropout
+        folded = lora_dropout.fold(trainer.model)
+        if folded:
+            print(
+                f"[studio] LoRA dropout: a 1-byte mask instead of an input copy in {folded} layers",
+                flush=True,
+            )
     return trainer, tokenizer, plan
 
 
