@@ -104,7 +104,7 @@ def test_dora_and_no_dropout_keep_peft_layers(tiny_model):
     assert lora_dropout.fold(_peft_model(tiny_model, 0.0)) == 0
 
 
-def _saved_bytes(model, ids) -> int:
+def _saved_bytes(model, ids, bf16: bool) -> int:
     """Bytes of the distinct tensors autograd saves for the backward pass of one training step."""
     storages: dict[int, int] = {}
 
@@ -113,23 +113,43 @@ def _saved_bytes(model, ids) -> int:
         return t
 
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+    ):
         model(ids, labels=ids).loss.backward()
     return sum(storages.values())
 
 
-def test_a_folded_step_saves_masks_not_copies(tiny_model):
-    plain = _peft_model(tiny_model, 0.0)
-    ids = _batch(plain)
-    none = _saved_bytes(plain, ids)
-    peft = _saved_bytes(_peft_model(tiny_model, 0.1), ids)
-    model = _peft_model(tiny_model, 0.1)
-    lora_dropout.fold(model)
-    folded = _saved_bytes(model, ids)
+def _model(tiny_model: Path, p: float, bf16: bool, fold: bool):
+    """As the trainer has it: with `bf16` the frozen base in bf16 and the adapter in fp32."""
+    model = _peft_model(tiny_model, p)
+    if bf16:
+        for name, param in model.named_parameters():
+            if "lora_" not in name:
+                param.data = param.data.to(torch.bfloat16)
+    if fold:
+        lora_dropout.fold(model)
+    return model
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-base"])
+def test_a_folded_step_saves_masks_not_copies(tiny_model, bf16):
+    ids = _batch(_peft_model(tiny_model, 0.0))
+    none = _saved_bytes(_model(tiny_model, 0.0, bf16, False), ids, bf16)
+    peft = _saved_bytes(_model(tiny_model, 0.1, bf16, False), ids, bf16)
+    model = _model(tiny_model, 0.1, bf16, True)
+    folded = _saved_bytes(model, ids, bf16)
     hidden, inner = model.config.hidden_size, model.config.intermediate_size
     masks = ids.numel() * model.config.num_hidden_layers * (6 * hidden + inner)  # one byte per input
-    assert peft - none > 4 * masks  # PEFT keeps a 4-byte copy (and a mask) per projection
+    # PEFT keeps a copy (4 or 2 bytes) and a mask per projection; the folded layers the mask alone,
+    # and with a bf16 base one x for q, k and v instead of an fp32 cast of x each
+    assert peft - none > (2 if bf16 else 4) * masks
     assert folded - none <= masks * 1.1, (none, peft, folded, masks)
+    model.eval()  # the probes ask the folded model without autocast
+    reference = _model(tiny_model, 0.1, bf16, False).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits)
 
 
 def test_gradient_checkpointing_recomputes_the_same_mask(tiny_model):

@@ -83,7 +83,7 @@ class DroppedLoraA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p <= 0:
-            return F.linear(x, self.weight)
+            return F.linear(x.to(self.weight.dtype), self.weight)  # the cast PEFT's layer would make
         keep = keep_mask(x.shape, self.p, x.device)
         return _DroppedLinear.apply(
             x, self.weight, keep, 1.0 / kept_fraction(self.p), _compute_dtype(x, self.weight)
@@ -94,7 +94,12 @@ class DroppedLoraA(nn.Module):
 
 
 def fold(model: nn.Module) -> int:
-    """Fold every plain LoRA layer's dropout into its `lora_A`; returns how many were folded."""
+    """Fold every plain LoRA layer's dropout into its `lora_A`; returns how many were folded.
+
+    A layer whose adapters are all folded also stops casting x to the adapter's dtype before
+    `lora_A` (PEFT's `cast_input_dtype_enabled`): with a bf16 base that cast made an fp32 copy of x
+    per projection, which the folded function would save; it casts inside instead, to what the
+    matmul runs in, and saves the x that q, k and v share."""
     folded = 0
     for module in model.modules():
         drops, a_layers = getattr(module, "lora_dropout", None), getattr(module, "lora_A", None)
@@ -109,4 +114,6 @@ def fold(model: nn.Module) -> int:
                 a_layers[name] = DroppedLoraA(linear, drop.p).train(drop.training)
                 drops[name] = nn.Identity()
                 folded += 1
+        if a_layers and all(isinstance(a, DroppedLoraA) for a in a_layers.values()):
+            module.cast_input_dtype_enabled = False
     return folded
