@@ -292,9 +292,8 @@ class LoadedAdapters:
         if all(name == BASE for name in names):
             plain = self.plain
             return (plain, None) if plain is not None else (self.peft, list(names))
-        lean = self._lean
-        if route.mixed and lean and all(name == BASE or lean.serves(name) for name in names):
-            return lean.model, list(names)
+        if route.mixed and self._lean_serves(names):
+            return self._lean.model, list(names)
         if route.mixed and len(set(names)) > 1:
             return self.peft, list(names)
         if self.peft.active_adapter != route.name:
@@ -315,15 +314,19 @@ class LoadedAdapters:
         hooks here are registered once per layer and read the names from this object.
         """
         self._mixed_names = names
-        lean = self._lean if names is not None else None
         try:
-            if lean:
-                with lean.rows(names):
+            if names is not None and self._lean_serves(names):
+                with self._lean.rows(names):
                     yield
             else:
                 yield
         finally:
             self._mixed_names = None
+
+    def _lean_serves(self, names: list[str]) -> bool:
+        """Whether the lean copy can run these rows: every non-base row's adapter is plain LoRA."""
+        lean = self._lean
+        return bool(lean) and all(name == BASE or lean.serves(name) for name in names)
 
     def _hand_names(self, module, args, kwargs):
         if self._mixed_names is not None:
