@@ -100,9 +100,34 @@ def test_folding_a_peft_model_changes_no_weight_name_and_no_eval_output(tiny_mod
     assert lora_dropout.fold(model) == 0  # folding twice does nothing
 
 
-def test_dora_and_no_dropout_keep_peft_layers(tiny_model):
-    assert lora_dropout.fold(_peft_model(tiny_model, 0.1, dora=True)) == 0
-    assert lora_dropout.fold(_peft_model(tiny_model, 0.0)) == 0
+def test_dora_keeps_peft_layers(tiny_model):
+    model = _peft_model(tiny_model, 0.1, dora=True)
+    assert lora_dropout.fold(model) == 0
+    assert not any(isinstance(m, lora_dropout.DroppedLoraA) for m in model.modules())
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-base"])
+def test_without_dropout_the_folded_layers_train_as_peft_does_and_keep_x_once(tiny_model, bf16):
+    """p 0: no mask to draw, the same loss and gradients as PEFT's layers; with a bf16 base, one x
+    for q, k and v instead of a saved cast of x per projection."""
+    ids = _batch(_peft_model(tiny_model, 0.0))
+    steps = {}
+    for fold in (False, True):
+        model = _model(tiny_model, 0.0, bf16, fold)
+        assert sum(isinstance(m, lora_dropout.DroppedLoraA) for m in model.modules()) == (
+            2 * len(TARGETS) if fold else 0
+        )
+        saved = _saved_bytes(model, ids, bf16)  # one training step: forward and backward
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        steps[fold] = saved, grads
+    (peft_saved, peft_grads), (saved, grads) = steps[False], steps[True]
+    assert grads.keys() == peft_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, peft_grads[name], msg=name)
+    model = _model(tiny_model, 0.0, bf16, True)
+    hidden, inner = model.config.hidden_size, model.config.intermediate_size
+    casts = ids.numel() * model.config.num_hidden_layers * (6 * hidden + inner)  # bytes per byte-wide input
+    assert saved <= peft_saved - (casts if bf16 else 0), (saved, peft_saved, casts)
 
 
 def _saved_bytes(model, ids, bf16: bool) -> int:

@@ -8,7 +8,8 @@ quarter of a CPU step. Here `lora_A` and the dropout are one autograd function: 
 by the projections that read it), the 0/1 mask as bool and A, and recomputes the dropped input in
 the backward pass. The mask comes from 64-bit random integers cut into eight 8-bit lanes (one
 sixth of the time of torch's per-element sampler here), so the drop rate is p rounded to 1/256
-(0.05 -> 0.0508) and the kept values are scaled by 1/(1 - that rate).
+(0.05 -> 0.0508) and the kept values are scaled by 1/(1 - that rate). Without dropout (p 0) the
+layer keeps one x for q, k and v where PEFT, with a bf16 base, saved a cast of x per projection.
 
 Same model, same loss, same saved adapter (the weights stay the same Parameters under the same
 names). Only plain LoRA layers are changed: DoRA and other variants apply their dropout in their
@@ -82,19 +83,22 @@ class DroppedLoraA(nn.Module):
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p <= 0:
-            return F.linear(x.to(self.weight.dtype), self.weight)  # the cast PEFT's layer would make
-        keep = keep_mask(x.shape, self.p, x.device)
-        return _DroppedLinear.apply(
-            x, self.weight, keep, 1.0 / kept_fraction(self.p), _compute_dtype(x, self.weight)
-        )
+        if self.training and self.p > 0:
+            keep = keep_mask(x.shape, self.p, x.device)
+            return _DroppedLinear.apply(
+                x, self.weight, keep, 1.0 / kept_fraction(self.p), _compute_dtype(x, self.weight)
+            )
+        if torch.is_autocast_enabled(x.device.type):
+            return F.linear(x, self.weight)  # autocast casts the weight; x, shared, is what is saved
+        return F.linear(x.to(self.weight.dtype), self.weight)  # the cast PEFT's layer would make
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, p={self.p}"
 
 
 def fold(model: nn.Module) -> int:
-    """Fold every plain LoRA layer's dropout into its `lora_A`; returns how many were folded.
+    """Fold every plain LoRA layer's dropout (none where p is 0) into its `lora_A`; returns how
+    many were folded.
 
     A layer whose adapters are all folded also stops casting x to the adapter's dtype before
     `lora_A` (PEFT's `cast_input_dtype_enabled`): with a bf16 base that cast made an fp32 copy of x
@@ -110,8 +114,9 @@ def fold(model: nn.Module) -> int:
         for name, drop in list(drops.items()):
             linear = linears.get(name)
             plain = type(linear) is nn.Linear and linear.bias is None and name not in variants
-            if isinstance(drop, nn.Dropout) and drop.p > 0 and plain:
-                a_layers[name] = DroppedLoraA(linear, drop.p).train(drop.training)
+            if isinstance(drop, nn.Dropout | nn.Identity) and plain:
+                p = drop.p if isinstance(drop, nn.Dropout) else 0.0
+                a_layers[name] = DroppedLoraA(linear, p).train(linear.training)
                 drops[name] = nn.Identity()
                 folded += 1
         if a_layers and all(isinstance(a, DroppedLoraA) for a in a_layers.values()):

@@ -174,10 +174,8 @@ def prepare(recipe: Recipe, run_dir: Path, extra_callbacks=(), plan: setup.Plan 
     if recipe.backend != "unsloth":  # Unsloth's kernels handle their own dropout
         folded = lora_dropout.fold(trainer.model)
         if folded:
-            print(
-                f"[studio] LoRA dropout: a 1-byte mask instead of an input copy in {folded} layers",
-                flush=True,
-            )
+            how = "its dropout as a 1-byte mask" if recipe.lora.dropout > 0 else "no dropout"
+            print(f"[studio] LoRA: {folded} layers keep their input once, {how}", flush=True)
     return trainer, tokenizer, plan
 
 
