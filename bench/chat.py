@@ -129,19 +129,8 @@ def _median_over_prompts(fn, prompts: list[str]) -> dict:
 
 
 def _ratio_row(samples, measure: str, ours: str, theirs: str, key: str, unit: str, target=None) -> Row:
-    """A row comparing two contenders of one interleaved run, with spread and load."""
-    higher = key != "ttft_s"
-    return Row(
-        "chat",
-        measure,
-        samples.median(ours, key),
-        samples.median(theirs, key),
-        unit,
-        target,
-        higher,
-        spread=f"{samples.spread(ours, key)} / {samples.spread(theirs, key)}",
-        load=samples.load,
-    )
+    """A chat row of one interleaved run (a time to first token is better lower)."""
+    return samples.row("chat", measure, ours, theirs, key, unit, target, key != "ttft_s")
 
 
 def single_pane(engines: dict, models_: dict, tokenizer, prompts, max_new, rounds) -> list[Row]:

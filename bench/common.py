@@ -135,6 +135,30 @@ class Samples:
     def medians(self) -> dict[str, dict[str, float]]:
         return {n: {k: statistics.median(v) for k, v in m.items()} for n, m in self.values.items()}
 
+    def row(
+        self,
+        bench: str,
+        measure: str,
+        ours: str,
+        theirs: str,
+        key: str,
+        unit: str,
+        target: float | None = None,
+        higher_is_better: bool = True,
+    ) -> Row:
+        """A table row comparing two contenders on one measure: medians, spread and load."""
+        return Row(
+            bench,
+            measure,
+            self.median(ours, key),
+            self.median(theirs, key),
+            unit,
+            target,
+            higher_is_better,
+            spread=f"{self.spread(ours, key)} / {self.spread(theirs, key)}",
+            load=self.load,
+        )
+
 
 def interleave_samples(
     contenders: dict[str, Callable[[], dict]], rounds: int, warmup: bool = True
