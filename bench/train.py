@@ -20,7 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, Row, Section, bench_home, bench_parser, interleave, log, offline_env, publish
+from bench.common import (
+    ROOT,
+    Row,
+    Samples,
+    Section,
+    bench_home,
+    bench_parser,
+    interleave_samples,
+    log,
+    offline_env,
+    publish,
+)
 
 
 def run_polled(cmd: list[str], log_file: Path, timeout: float = 1800) -> int:
@@ -138,22 +149,24 @@ def trl_once(model_dir: str, steps: int, tmp: Path, qlora: bool, data: Path | No
 
 
 def _speed_and_memory(
-    m: dict, ours: str, theirs: str, measure: str, targets: tuple[float | None, float | None] = (None, None)
+    s: Samples,
+    ours: str,
+    theirs: str,
+    measure: str,
+    targets: tuple[float | None, float | None] = (None, None),
 ) -> list[Row]:
     """Two rows for one interleaved pair: tokens/s (higher is better) and peak RSS (lower is better;
     its target reads baseline / studio, so 1.25 means at most 0.8x the baseline's memory)."""
     return [
-        Row("train", measure.format("tokens/s"), m[ours]["tok_s"], m[theirs]["tok_s"], "tok/s", targets[0]),
-        Row(
-            "train",
-            measure.format("peak RSS"),
-            m[ours]["peak_mb"],
-            m[theirs]["peak_mb"],
-            "MB",
-            targets[1],
-            False,
-        ),
+        s.row("train", measure.format("tokens/s"), ours, theirs, "tok_s", "tok/s", targets[0]),
+        s.row("train", measure.format("peak RSS"), ours, theirs, "peak_mb", "MB", targets[1], False),
     ]
+
+
+def _pair(contenders: dict, rounds: int) -> Samples:
+    """Each side once per round, alternating; no extra warm-up round, since every run is a fresh
+    process whose first logged step is dropped (studio_once, trl_once)."""
+    return interleave_samples(contenders, rounds, warmup=False)
 
 
 def run(quick: bool) -> Section:
@@ -168,7 +181,7 @@ def run(quick: bool) -> Section:
         tmp = Path(tmp_name)
         for recipe, qlora in (("lora_sft", False), ("qlora_sft", True)):
             log(f"train: {recipe} vs TRL defaults, {steps} steps, {rounds} round(s)")
-            m = interleave(
+            m = _pair(
                 {
                     "studio": lambda r=recipe: studio_once(r, steps, tmp),
                     "trl": lambda q=qlora: trl_once(model_dir, steps, tmp, q),
@@ -176,25 +189,25 @@ def run(quick: bool) -> Section:
                 rounds,
             )
             # on stderr too, in case a later recipe times out
-            log(f"train: {recipe}: studio {m['studio']}, TRL {m['trl']}")
+            log(f"train: {recipe}: {m.medians()}")
             section.rows += _speed_and_memory(
                 m, "studio", "trl", f"{recipe} {{}} vs TRL defaults", (1.5, 1.0)
             )
         equal = equal_length(tmp / "equal_length.jsonl", model_dir)
         log(f"train: lora_sft vs TRL defaults on {equal.name}, {steps} steps, {rounds} round(s)")
-        m = interleave(
+        m = _pair(
             {
                 "studio": lambda: studio_once("lora_sft", steps, tmp, (f"dataset={equal}",)),
                 "trl": lambda: trl_once(model_dir, steps, tmp, False, equal),
             },
             rounds,
         )
-        log(f"train: equal-length rows: studio {m['studio']}, TRL {m['trl']}")
+        log(f"train: equal-length rows: {m.medians()}")
         section.rows += _speed_and_memory(
             m, "studio", "trl", "lora_sft {} vs TRL defaults, equal-length rows", (2.0, 1.25)
         )
         log(f"train: lora_sft 16-bit base (bf16) vs fp32, {steps} steps, {rounds} round(s)")
-        m = interleave(
+        m = _pair(
             {
                 "bf16": lambda: studio_once("lora_sft", steps, tmp, ("training.bf16=true",)),
                 "fp32": lambda: studio_once("lora_sft", steps, tmp, ("training.bf16=false",)),
@@ -208,14 +221,14 @@ def run(quick: bool) -> Section:
             f"train: packed ({packed_steps} steps) vs length-grouped ({steps}) on {data.name}, {rounds} round(s)"
         )
         on = (f"dataset={data}",)
-        m = interleave(
+        m = _pair(
             {
                 "packed": lambda: studio_once("lora_sft", packed_steps, tmp, (*on, "training.packing=true")),
                 "grouped": lambda: studio_once("lora_sft", steps, tmp, on),
             },
             rounds,
         )
-        log(f"train: packed {m['packed']}, grouped {m['grouped']}")
+        log(f"train: packed vs grouped: {m.medians()}")
         section.rows += _speed_and_memory(
             m, "packed", "grouped", "LoRA SFT {}, packed vs length-grouped, long-tailed lengths"
         )

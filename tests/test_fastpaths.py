@@ -364,6 +364,32 @@ def test_interleave_alternates_order_and_takes_medians():
     assert Row("t", "m", 4.0, 2.0, "s", 1.0, higher_is_better=False).verdict == "MISSED"
 
 
+def test_training_bench_rows_carry_medians_spread_and_load():
+    from bench import train
+
+    runs = {
+        "studio": iter([(100.0, 900.0), (120.0, 950.0), (110.0, 990.0)]),
+        "trl": iter([(50.0, 1000.0)] * 3),
+    }
+    calls: list[str] = []
+
+    def side(name):
+        def once():
+            calls.append(name)
+            tok_s, peak_mb = next(runs[name])
+            return {"tok_s": tok_s, "peak_mb": peak_mb}
+
+        return once
+
+    samples = train._pair({"studio": side("studio"), "trl": side("trl")}, rounds=3)
+    speed, memory = train._speed_and_memory(samples, "studio", "trl", "lora_sft {} vs TRL", (2.0, 1.25))
+    assert calls == ["studio", "trl", "trl", "studio", "studio", "trl"]  # no untimed warm-up run
+    assert (speed.ours, speed.theirs, speed.ratio, speed.verdict) == (110.0, 50.0, 2.2, "met")
+    assert (memory.ours, memory.measure, memory.verdict) == (950.0, "lora_sft peak RSS vs TRL", "MISSED")
+    assert speed.spread == "100-120 / 50-50" and memory.spread == "900-990 / 1e+03-1e+03"
+    assert speed.load and memory.load == speed.load
+
+
 def test_chat_bench_warms_up_and_reports_spread_and_load(lively_model, monkeypatch):
     from bench import chat
     from bench.common import table
