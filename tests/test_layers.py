@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "studio.train.fieldlabels": 2,
     "studio.train.pace": 2,
     "studio.train.lora_dropout": 2,
+    "studio.train.lm_head": 2,
     "studio.train.preflight": 3,
     "studio.train.cluster": 3,
     "studio.train.callbacks": 3,

@@ -5,7 +5,6 @@ adapter and DoRA layers alone, and trains along the same loss curve. Tiny model,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -202,32 +201,7 @@ def test_training_with_the_folded_dropout_follows_peft_dropout_for_20_steps(
     from studio.train import recipes
     from studio.train import run as train
 
-    data = tmp_path / "sft.jsonl"
-    words = [
-        "the",
-        "quick",
-        "brown",
-        "fox",
-        "jumps",
-        "over",
-        "a",
-        "lazy",
-        "dog",
-        "near",
-        "paris",
-        "by",
-        "the",
-        "sea",
-    ]
-    data.write_text(
-        "".join(
-            json.dumps(
-                {"instruction": " ".join(words[i % 5 : i % 5 + 4]), "output": " ".join(words[i % 7 :])}
-            )
-            + "\n"
-            for i in range(24)
-        )
-    )
+    data = curves_support.write_rows(tmp_path / "sft.jsonl")
     curves = {}
     for mode in ("folded", "peft"):
         if mode == "peft":

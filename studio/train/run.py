@@ -22,7 +22,17 @@ from pathlib import Path
 from transformers import PrinterCallback
 
 from studio import models, processes, rundir, workspace
-from studio.train import callbacks, lora_dropout, memory, preflight, probes, recipes, setup, tokenized
+from studio.train import (
+    callbacks,
+    lm_head,
+    lora_dropout,
+    memory,
+    preflight,
+    probes,
+    recipes,
+    setup,
+    tokenized,
+)
 from studio.train.recipes import Recipe
 
 
@@ -126,6 +136,7 @@ def build_trainer(
             packing_strategy="bfd",
         )
         trainer = SFTTrainer(args=config, **common)
+        _cpu_lm_head(trainer)
         if grouped:
             trainer._get_train_sampler = lambda dataset=None: tokenized.length_sampler(trainer, dataset)
         return trainer
@@ -161,6 +172,15 @@ def build_trainer(
         )
         return KTOTrainer(args=config, **common)
     raise ValueError(f"method {recipe.method!r} is not one of {', '.join(recipes.METHODS)}")
+
+
+def _cpu_lm_head(trainer) -> None:
+    """On a CPU, TRL's fused LM head falls back to many fp32 passes; the studio's does fewer."""
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    if lm_head.install(model, FusedCausalLMOutput):
+        print("[studio] loss: labels scored on the CPU in whole-vocabulary chunks", flush=True)
 
 
 def prepare(recipe: Recipe, run_dir: Path, extra_callbacks=(), plan: setup.Plan | None = None):

@@ -3,7 +3,35 @@ the tiny model, and the check that two loss curves stay within noise of each oth
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+_WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "near",
+    "paris",
+    "by",
+    "the",
+    "sea",
+]
+
+
+def write_rows(path: Path) -> Path:
+    """24 short instruction rows whose answers repeat, so 20 steps visibly lower the loss."""
+    rows = [
+        {"instruction": " ".join(_WORDS[i % 5 : i % 5 + 4]), "output": " ".join(_WORDS[i % 7 :])}
+        for i in range(24)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 def twenty_steps(model: Path, dataset: Path, *extra: str) -> list[str]:

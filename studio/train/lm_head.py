@@ -1,0 +1,141 @@
+"""The SFT loss's last layer on a CPU: the log-probability of each label, in whole-vocabulary rows.
+
+TRL's SFT trainer scores every position through a fused LM head that never holds the whole
+[tokens, vocabulary] logits: on GPUs a Triton kernel folds each vocabulary tile into running
+statistics. Without Triton (a CPU), the same tiles go through about a dozen fp32 passes forward,
+as many backward, and an fp32 matrix product for the gradient; on the default model that was about
+a third of a CPU training step. Here the head runs in chunks of tokens, each over the whole
+vocabulary: forward one matrix product and one log-softmax; backward one product, one softmax and
+one product again (the logits are recomputed, never kept). Only positions that have a label are
+scored (the prompt's are not).
+
+The outputs are what TRL's SFT trainer reads from its own head: each label's log-probability (the
+loss), and for its logged metrics the entropy of each next-token distribution and whether the label
+was the most likely token. Models whose logits TRL scales or soft-caps, a head with a bias, MoE
+router losses and sharded weights keep TRL's head, as does every other device. Knows nothing about
+recipes or the UI; `install` takes the output class from the trainer's library.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+# fp32 values of one chunk's logits: 64 MB, about 340 tokens of a 49k vocabulary
+_CHUNK_VALUES = 1 << 24
+_SCALE_FIELDS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
+
+
+def chunk_tokens(vocab: int) -> int:
+    return max(16, _CHUNK_VALUES // vocab)
+
+
+class _LabelLogProbs(torch.autograd.Function):
+    """(log p(label), entropy, label is top-1) of `hidden @ weight.T`, in chunks of tokens."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, dtype: torch.dtype):
+        chunk = chunk_tokens(weight.shape[0])
+        w = weight.to(dtype)
+        log_probs, entropy, top1 = [], [], []
+        with torch.autocast(hidden.device.type, enabled=False):  # casts chosen here, metrics in fp32
+            for start in range(0, hidden.shape[0], chunk):
+                h, y = hidden[start : start + chunk].to(dtype), labels[start : start + chunk]
+                logp = torch.log_softmax(h @ w.t(), -1, dtype=torch.float32)
+                log_probs.append(logp.gather(1, y[:, None]).squeeze(1))
+                entropy.append(-torch.linalg.vecdot(logp.exp(), logp))
+                top1.append(logp.argmax(-1) == y)  # the first maximum, as argmax over the logits
+        entropy, top1 = torch.cat(entropy), torch.cat(top1)
+        ctx.save_for_backward(hidden, weight, labels)
+        ctx.dtype = dtype
+        ctx.mark_non_differentiable(entropy, top1)
+        return torch.cat(log_probs), entropy, top1
+
+    @staticmethod
+    def backward(ctx, grad, *_):
+        hidden, weight, labels = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        chunk = chunk_tokens(weight.shape[0])
+        w = weight.to(ctx.dtype)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        )
+        for start in range(0, hidden.shape[0], chunk):
+            h, y = hidden[start : start + chunk].to(ctx.dtype), labels[start : start + chunk]
+            g = grad[start : start + chunk].float()
+            # d log p(y) / d logits = onehot(y) - softmax, times the incoming gradient of each row
+            d = torch.softmax(h @ w.t(), -1, dtype=torch.float32).mul_(-g[:, None])
+            d[torch.arange(len(y), device=d.device), y] += g
+            d = d.to(ctx.dtype)
+            if need_hidden:
+                grad_hidden[start : start + chunk] = d @ w
+            if need_weight:
+                grad_weight += (d.t() @ h).float()
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
+
+
+def label_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor):
+    """For `hidden` [n, h] and `labels` [n]: (log-probabilities [n], entropy [n], top-1 [n] bool).
+    Runs in autocast's dtype when autocast is on, as the model's own head would."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    return _LabelLogProbs.apply(hidden, weight, labels, dtype)
+
+
+def supported(model) -> bool:
+    """Whether this head computes what TRL's would for `model` (a transformers causal LM)."""
+    config = model.config.get_text_config()
+    head = model.get_output_embeddings()
+    return (
+        head is not None
+        and getattr(head, "bias", None) is None
+        and head.weight.device.type == "cpu"
+        and type(head.weight.data) is torch.Tensor  # not sharded (a DTensor)
+        and all(getattr(config, name, None) is None for name in _SCALE_FIELDS)
+        and not getattr(config, "output_router_logits", False)
+    )
+
+
+def install(model, output_class) -> bool:
+    """Serve `model(..., fused_lm_head=True)` (the call TRL's SFT trainer makes after patching
+    `model.forward`) with this head; other calls go to the forward already there. Returns whether
+    it was installed. `output_class` is the trainer library's output type for that call."""
+    if not supported(model):
+        return False
+    previous = model.forward
+
+    def forward(
+        self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs
+    ):
+        if not fused_lm_head:
+            return previous(
+                *args,
+                labels=labels,
+                shift_labels=shift_labels,
+                num_items_in_batch=num_items_in_batch,
+                **kwargs,
+            )
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*args, **kwargs).last_hidden_state
+        if shift_labels is None:
+            hidden, labels = hidden[:, :-1], labels[:, 1:]
+        else:
+            labels = shift_labels
+        mask = labels != -100
+        scored = label_log_probs(hidden[mask], self.get_output_embeddings().weight, labels[mask])
+        log_probs, entropy, top1 = (x.new_zeros(mask.shape).masked_scatter(mask, x) for x in scored)
+        count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return output_class(
+            loss=-log_probs.sum() / count, log_probs=log_probs, entropy=entropy, is_top1=top1, label_mask=mask
+        )
+
+    model.forward = types.MethodType(forward, model)
+    return True
