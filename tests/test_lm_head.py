@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from studio.train import lm_head
+from studio.train import lm_head, memory
 from tests.support import curves as curves_support
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,9 @@ def _reference(hidden, weight, labels):
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_label_log_probs_equal_a_log_softmax_over_the_whole_vocabulary(autocast, monkeypatch):
-    monkeypatch.setattr(lm_head, "_CHUNK_VALUES", 16 * 300)  # 16 tokens a chunk: 50 rows take four chunks
+    monkeypatch.setattr(
+        memory, "LM_HEAD_CHUNK_VALUES", 16 * 300
+    )  # 16 tokens a chunk: 50 rows take four chunks
     torch.manual_seed(0)
     hidden = torch.randn(50, 24, requires_grad=True)
     weight = torch.randn(300, 24, requires_grad=True)

@@ -65,13 +65,30 @@ def test_verdict_against_the_device():
 def test_what_changes_memory_moves_the_estimate():
     plain = _estimate(LLAMA3_8B)
     assert _estimate(LLAMA3_8B, "gradient_checkpointing=false").activations > 10 * plain.activations
-    assert _estimate(LLAMA3_8B, "data.max_length=2048").logits == pytest.approx(4 * plain.logits)
     assert _estimate(LLAMA3_8B, "load_in_8bit=true").weights < 0.6 * plain.weights
     assert _estimate(LLAMA3_8B, "lora.r=64").trainable == pytest.approx(4 * plain.trainable, rel=0.01)
     dpo = memory.estimate_memory(
         LLAMA3_8B, recipes.load(ROOT / "recipes/dpo.yaml", ON_GPU), device_memory=80 * GB
     )
-    assert dpo.logits == pytest.approx(2 * plain.logits)  # chosen + rejected
+    longer = memory.estimate_memory(
+        LLAMA3_8B, recipes.load(ROOT / "recipes/dpo.yaml", [*ON_GPU, "data.max_length=2048"]), 80 * GB
+    )
+    assert longer.logits == pytest.approx(4 * dpo.logits)  # every position's logits, upcast
+    # SFT scores through a fused head: one tile of at most 4096 tokens, however long the rows
+    tile = _estimate(LLAMA3_8B, "data.max_length=4096").logits
+    assert _estimate(LLAMA3_8B, "data.max_length=8192").logits == tile < longer.logits / 4
+
+
+def test_a_cpu_sft_run_counts_one_chunk_of_the_studio_head():
+    """On a CPU the studio's head (train/lm_head.py) holds one chunk of tokens over the whole vocabulary."""
+    shape = memory.shape_of(LLAMA3_8B)
+    sft = recipes.load(ROOT / "recipes/lora_sft.yaml", ["data.max_length=2048"])
+    tokens = memory._tokens(sft)
+    cpu = memory._logits(shape, sft, tokens, "cpu", [])
+    assert (
+        cpu == memory.lm_head_chunk_tokens(shape.vocab) * shape.vocab * 10
+    )  # bf16 logits, fp32 log-probs, their exp
+    assert cpu < 0.2 * GB < memory._logits(shape, sft, tokens, "cuda", []) < tokens * shape.vocab * 8 / 10
 
 
 def test_estimate_from_a_model_spec(tiny_model):

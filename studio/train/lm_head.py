@@ -22,8 +22,8 @@ import types
 
 import torch
 
-# fp32 values of one chunk's logits: 64 MB, about 340 tokens of a 49k vocabulary
-_CHUNK_VALUES = 1 << 24
+from studio.train.memory import lm_head_chunk_tokens as chunk_tokens
+
 _SCALE_FIELDS = (
     "final_logit_softcapping",
     "logit_scale",
@@ -31,10 +31,6 @@ _SCALE_FIELDS = (
     "lm_head_multiplier",
     "logits_scaling",
 )
-
-
-def chunk_tokens(vocab: int) -> int:
-    return max(16, _CHUNK_VALUES // vocab)
 
 
 class _LabelLogProbs(torch.autograd.Function):

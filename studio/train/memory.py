@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GB = 1024**3
+# The most fp32 logits the studio's CPU loss head (train/lm_head.py) holds at once: 64 MB
+LM_HEAD_CHUNK_VALUES = 1 << 24
 NF4_BYTES = 0.5  # 4 bits per weight
 NF4_CONSTANTS = {True: 0.127 / 8, False: 32 / 64 / 8}  # absmax per 64-weight block, double-quantized or fp32
 INT8_BYTES = 1.0 + 4 / 4096  # int8 weights + one fp32 scale per row (rows ~4k wide)
 # What the framework holds beyond the tensors counted below. CUDA: context and caching-allocator
 # slack. CPU: the C allocator keeps freed blocks per thread arena, and the 4-bit kernels dequantize
-# to fp32 temporaries; calibrated on 3-step runs of the default model on a 2-core machine, where
-# 0.35 GB left the estimate 25-35% under the measured peak (LoRA 2.06 GB, QLoRA 1.66-1.99 GB).
-FRAMEWORK_GB = {"cpu": 0.75, "cuda": 0.6}
+# to fp32 temporaries; calibrated on 3-step runs of the default model on a 2-core machine (measured
+# peaks LoRA 1.08 GB, QLoRA 1.11-1.17 GB; the estimate then reads 1.31 and 1.14 GB).
+FRAMEWORK_GB = {"cpu": 0.4, "cuda": 0.6}
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,32 @@ def _tokens(recipe, seq_length: int | None = None) -> int:
     return recipe.training.batch_size * (seq_length or recipe.data.max_length) * pairs
 
 
+def lm_head_chunk_tokens(vocab: int) -> int:
+    """Tokens per chunk of the studio's CPU loss head: about 340 with a 49k vocabulary."""
+    return max(16, LM_HEAD_CHUNK_VALUES // vocab)
+
+
+def _logits(shape: Shape, recipe, tokens: int, kind: str, notes: list[str]) -> float:
+    """The loss's logits. SFT and KTO score labels through a fused LM head that holds one tile of
+    logits at a time: on a CPU the studio's (train/lm_head.py: a chunk of tokens over the whole
+    vocabulary, bf16 logits, fp32 log-probabilities and their exp), elsewhere TRL's (up to 4096
+    tokens x 32768 entries in 16 bits; on a CPU its fallback adds about four fp32 copies). The
+    preference losses hold every position's logits, upcast to fp32, and their gradient."""
+    if recipe.method == "sft" and kind == "cpu":
+        rows = min(tokens, lm_head_chunk_tokens(shape.vocab))
+        notes.append(f"logits: the loss scores {rows} tokens at a time (10 bytes per vocabulary entry)")
+        return rows * shape.vocab * 10.0
+    if recipe.method in ("sft", "kto"):
+        rows, width = min(tokens, 4096), min(shape.vocab, 32768)
+        per_entry = 18.0 if kind == "cpu" else 2.0
+        notes.append(
+            f"logits: the loss scores a tile of {rows} tokens x {width} vocabulary entries at a time"
+        )
+        return rows * width * per_entry
+    notes.append("logits upcast to fp32 for the loss, and their gradient (8 bytes per vocabulary entry)")
+    return tokens * shape.vocab * 8.0
+
+
 def _activations(
     shape: Shape, recipe, bf16: bool, checkpointing: bool, tokens: int, notes: list[str]
 ) -> float:
@@ -240,8 +268,7 @@ def estimate_memory(
     weights = _weights(shape, recipe, bf16, notes)
     trainable = _trainable(shape, recipe, bf16, notes)
     activations = _activations(shape, recipe, bf16, gradient_checkpointing, tokens, notes)
-    logits = tokens * shape.vocab * 8.0
-    notes.append("logits upcast to fp32 for the loss, and their gradient (8 bytes per vocabulary entry)")
+    logits = _logits(shape, recipe, tokens, kind, notes)
     overhead = FRAMEWORK_GB[kind] * GB
     notes.append(f"{FRAMEWORK_GB[kind]} GB for the framework ({kind} allocator and kernels)")
     total = weights + trainable + activations + logits + overhead
