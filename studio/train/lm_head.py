@@ -3,11 +3,11 @@
 TRL's SFT trainer scores every position through a fused LM head that never holds the whole
 [tokens, vocabulary] logits: on GPUs a Triton kernel folds each vocabulary tile into running
 statistics. Without Triton (a CPU), the same tiles go through about a dozen fp32 passes forward,
-as many backward, and an fp32 matrix product for the gradient; on the default model that was about
-a third of a CPU training step. Here the head runs in chunks of tokens, each over the whole
+as many backward, and an fp32 matrix product for the gradient: 1.2 s of a 3.9 s step of the default
+model on a 2-core CPU (profiled). Here the head runs in chunks of tokens, each over the whole
 vocabulary: forward one matrix product and one log-softmax; backward one product, one softmax and
-one product again (the logits are recomputed, never kept). Only positions that have a label are
-scored (the prompt's are not).
+one product again (the logits are recomputed, never kept; a chunk's size is set in train/memory.py).
+Only positions that have a label are scored (the prompt's are not).
 
 The outputs are what TRL's SFT trainer reads from its own head: each label's log-probability (the
 loss), and for its logged metrics the entropy of each next-token distribution and whether the label
