@@ -137,8 +137,8 @@ class TrainingSection:
         False,
         "SFT: fill each row of data.max_length tokens with several examples (best fit), each still "
         "attending only to itself; no padding is computed. A step then holds more examples. Off by "
-        "default: on a CPU it was slower than length-grouped batches even on widely varying lengths "
-        "(bench/RESULTS.md); it pays on GPUs with FlashAttention.",
+        "default: on a CPU it was no faster than length-grouped batches even on widely varying lengths, "
+        "and took more memory (bench/RESULTS.md); it is meant for GPUs with FlashAttention.",
     )
     save_steps: int = _f(20, "Save a resumable checkpoint every N steps.")
     save_total_limit: int = _f(2, "Keep only the newest N checkpoints.")
