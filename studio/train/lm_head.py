@@ -34,25 +34,29 @@ _SCALE_FIELDS = (
 
 
 class _LabelLogProbs(torch.autograd.Function):
-    """(log p(label), entropy, label is top-1) of `hidden @ weight.T`, in chunks of tokens."""
+    """(log p(label), entropy, label is top-1, mean logit or None) of `hidden @ weight.T`, in chunks
+    of tokens."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, dtype: torch.dtype):
+    def forward(ctx, hidden, weight, labels, dtype: torch.dtype, with_mean: bool):
         chunk = chunk_tokens(weight.shape[0])
         w = weight.to(dtype)
-        log_probs, entropy, top1 = [], [], []
+        log_probs, entropy, top1, mean = [], [], [], []
         with torch.autocast(hidden.device.type, enabled=False):  # casts chosen here, metrics in fp32
             for start in range(0, hidden.shape[0], chunk):
                 h, y = hidden[start : start + chunk].to(dtype), labels[start : start + chunk]
-                logp = torch.log_softmax(h @ w.t(), -1, dtype=torch.float32)
+                logits = h @ w.t()
+                if with_mean:
+                    mean.append(logits.sum(-1, dtype=torch.float32) / logits.shape[-1])
+                logp = torch.log_softmax(logits, -1, dtype=torch.float32)
                 log_probs.append(logp.gather(1, y[:, None]).squeeze(1))
                 entropy.append(-torch.linalg.vecdot(logp.exp(), logp))
                 top1.append(logp.argmax(-1) == y)  # the first maximum, as argmax over the logits
-        entropy, top1 = torch.cat(entropy), torch.cat(top1)
+        metrics = [torch.cat(entropy), torch.cat(top1), *([torch.cat(mean)] if with_mean else [])]
         ctx.save_for_backward(hidden, weight, labels)
         ctx.dtype = dtype
-        ctx.mark_non_differentiable(entropy, top1)
-        return torch.cat(log_probs), entropy, top1
+        ctx.mark_non_differentiable(*metrics)
+        return torch.cat(log_probs), *metrics, *([] if with_mean else [None])
 
     @staticmethod
     def backward(ctx, grad, *_):
@@ -75,15 +79,18 @@ class _LabelLogProbs(torch.autograd.Function):
                 grad_hidden[start : start + chunk] = d @ w
             if need_weight:
                 grad_weight += (d.t() @ h).float()
-        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
 
 
-def label_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor):
-    """For `hidden` [n, h] and `labels` [n]: (log-probabilities [n], entropy [n], top-1 [n] bool).
-    Runs in autocast's dtype when autocast is on, as the model's own head would."""
+def label_log_probs(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, mean_logits: bool = False
+):
+    """For `hidden` [n, h] and `labels` [n]: (log-probabilities [n], entropy [n], top-1 [n] bool,
+    each row's mean logit [n] when `mean_logits`, else None). Runs in autocast's dtype when
+    autocast is on, as the model's own head would."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-    return _LabelLogProbs.apply(hidden, weight, labels, dtype)
+    return _LabelLogProbs.apply(hidden, weight, labels, dtype, mean_logits)
 
 
 def supported(model) -> bool:
@@ -100,10 +107,11 @@ def supported(model) -> bool:
     )
 
 
-def install(model, output_class) -> bool:
-    """Serve `model(..., fused_lm_head=True)` (the call TRL's SFT trainer makes after patching
-    `model.forward`) with this head; other calls go to the forward already there. Returns whether
-    it was installed. `output_class` is the trainer library's output type for that call."""
+def install(model, output_class, mean_logits: bool = False) -> bool:
+    """Serve `model(..., fused_lm_head=True)` (the call TRL's SFT and KTO trainers make after
+    patching `model.forward`) with this head; other calls go to the forward already there. Returns
+    whether it was installed. `output_class` is the trainer library's output type for that call;
+    `mean_logits` adds each position's mean logit (KTO's logged metrics)."""
     if not supported(model):
         return False
     previous = model.forward
@@ -126,11 +134,19 @@ def install(model, output_class) -> bool:
         else:
             labels = shift_labels
         mask = labels != -100
-        scored = label_log_probs(hidden[mask], self.get_output_embeddings().weight, labels[mask])
-        log_probs, entropy, top1 = (x.new_zeros(mask.shape).masked_scatter(mask, x) for x in scored)
+        weight = self.get_output_embeddings().weight
+        scored = label_log_probs(hidden[mask], weight, labels[mask], mean_logits)
+        log_probs, entropy, top1, mean = (
+            None if x is None else x.new_zeros(mask.shape).masked_scatter(mask, x) for x in scored
+        )
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return output_class(
-            loss=-log_probs.sum() / count, log_probs=log_probs, entropy=entropy, is_top1=top1, label_mask=mask
+            loss=-log_probs.sum() / count,
+            log_probs=log_probs,
+            entropy=entropy,
+            is_top1=top1,
+            mean_logits=mean,
+            label_mask=mask,
         )
 
     model.forward = types.MethodType(forward, model)

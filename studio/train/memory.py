@@ -198,19 +198,18 @@ def _logits(shape: Shape, recipe, tokens: int, kind: str, notes: list[str]) -> f
     """The loss's logits. SFT and KTO score labels through a fused LM head that holds one tile of
     logits at a time: on a CPU the studio's (train/lm_head.py: a chunk of tokens over the whole
     vocabulary, bf16 logits, fp32 log-probabilities and their exp), elsewhere TRL's (up to 4096
-    tokens x 32768 entries in 16 bits; on a CPU its fallback adds about four fp32 copies). The
-    preference losses hold every position's logits, upcast to fp32, and their gradient."""
-    if recipe.method == "sft" and kind == "cpu":
+    tokens x 32768 entries in 16 bits). DPO, SimPO and ORPO hold every position's logits, upcast
+    to fp32, and their gradient."""
+    if recipe.method in ("sft", "kto") and kind == "cpu":
         rows = min(tokens, lm_head_chunk_tokens(shape.vocab))
         notes.append(f"logits: the loss scores {rows} tokens at a time (10 bytes per vocabulary entry)")
         return rows * shape.vocab * 10.0
     if recipe.method in ("sft", "kto"):
         rows, width = min(tokens, 4096), min(shape.vocab, 32768)
-        per_entry = 18.0 if kind == "cpu" else 2.0
         notes.append(
             f"logits: the loss scores a tile of {rows} tokens x {width} vocabulary entries at a time"
         )
-        return rows * width * per_entry
+        return rows * width * 2.0
     notes.append("logits upcast to fp32 for the loss, and their gradient (8 bytes per vocabulary entry)")
     return tokens * shape.vocab * 8.0
 

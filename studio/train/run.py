@@ -170,17 +170,21 @@ def build_trainer(
             desirable_weight=p.desirable_weight,
             undesirable_weight=p.undesirable_weight,
         )
-        return KTOTrainer(args=config, **common)
+        trainer = KTOTrainer(args=config, **common)
+        _cpu_lm_head(trainer, mean_logits=True)  # KTO logs each side's mean logit
+        return trainer
     raise ValueError(f"method {recipe.method!r} is not one of {', '.join(recipes.METHODS)}")
 
 
-def _cpu_lm_head(trainer) -> None:
+def _cpu_lm_head(trainer, mean_logits: bool = False) -> None:
     """On a CPU, TRL's fused LM head falls back to many fp32 passes; the studio's does fewer."""
     from trl.trainer.utils import FusedCausalLMOutput
 
     model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
-    if lm_head.install(model, FusedCausalLMOutput):
+    if lm_head.install(model, FusedCausalLMOutput, mean_logits):
         print("[studio] loss: labels scored on the CPU in whole-vocabulary chunks", flush=True)
+    if getattr(trainer, "ref_model", None) is not None:  # a full fine-tune's frozen reference (KTO)
+        lm_head.install(trainer.ref_model, FusedCausalLMOutput)
 
 
 def prepare(recipe: Recipe, run_dir: Path, extra_callbacks=(), plan: setup.Plan | None = None):
