@@ -68,6 +68,12 @@ def test_kill_9_at_random_steps_then_resume_loses_at_most_one_interval(tiny_mode
         partial.mkdir()  # what a kill in the middle of a save leaves: no trainer_state.json
         (partial / "adapter_model.safetensors").write_bytes(b"half")
         runs.resume(run_id)
+        # the resumed process clears the half-written save before it trains; until then the status
+        # still shows the killed process's step, which can already be past the next target
+        deadline = time.monotonic() + 60
+        while partial.exists() and time.monotonic() < deadline:
+            runs.schedule()
+            time.sleep(0.1)
     info = _wait(run_id, ("completed",), timeout=240)
     assert not partial.exists()
     assert "ignoring the half-written checkpoint-999" in rundir.log_tail(info.path, 400)
