@@ -122,6 +122,18 @@ def test_the_studio_head_returns_what_trls_head_returns(tiny_model, case):
     torch.testing.assert_close(model(input_ids=inputs["input_ids"]).logits, logits_before)
 
 
+def test_a_batch_without_labels_gives_a_zero_loss_that_still_backpropagates(tiny_model):
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    model = _model(tiny_model)
+    assert lm_head.install(model, FusedCausalLMOutput, mean_logits=True)
+    inputs = _inputs(model)
+    inputs["labels"][:] = -100  # every answer cut off: nothing to score
+    out, grads = _run(model, inputs)
+    assert out.loss.item() == 0 and not out.label_mask.any() and out.mean_logits.eq(0).all()
+    assert grads and all(g.abs().sum() == 0 for g in grads.values())
+
+
 def test_models_whose_logits_trl_scales_keep_trls_head(tiny_model):
     from trl.trainer.utils import FusedCausalLMOutput
 

@@ -1,6 +1,6 @@
-"""The SFT loss's last layer on a CPU: the log-probability of each label, in whole-vocabulary rows.
+"""The SFT and KTO losses' last layer on a CPU: each label's log-probability, in whole-vocabulary rows.
 
-TRL's SFT trainer scores every position through a fused LM head that never holds the whole
+TRL's SFT and KTO trainers score every position through a fused LM head that never holds the whole
 [tokens, vocabulary] logits: on GPUs a Triton kernel folds each vocabulary tile into running
 statistics. Without Triton (a CPU), the same tiles go through about a dozen fp32 passes forward,
 as many backward, and an fp32 matrix product for the gradient: 1.2 s of a 3.9 s step of the default
@@ -9,9 +9,9 @@ vocabulary: forward one matrix product and one log-softmax; backward one product
 one product again (the logits are recomputed, never kept; a chunk's size is set in train/memory.py).
 Only positions that have a label are scored (the prompt's are not).
 
-The outputs are what TRL's SFT trainer reads from its own head: each label's log-probability (the
-loss), and for its logged metrics the entropy of each next-token distribution and whether the label
-was the most likely token. Models whose logits TRL scales or soft-caps, a head with a bias, MoE
+The outputs are what those trainers read from TRL's head: each label's log-probability (the loss),
+and for their logged metrics the entropy of each next-token distribution, whether the label was the
+most likely token and (KTO) each position's mean logit. Models whose logits TRL scales or soft-caps, a head with a bias, MoE
 router losses and sharded weights keep TRL's head, as does every other device. Knows nothing about
 recipes or the UI; `install` takes the output class from the trainer's library.
 """
@@ -43,7 +43,7 @@ class _LabelLogProbs(torch.autograd.Function):
         w = weight.to(dtype)
         log_probs, entropy, top1, mean = [], [], [], []
         with torch.autocast(hidden.device.type, enabled=False):  # casts chosen here, metrics in fp32
-            for start in range(0, hidden.shape[0], chunk):
+            for start in range(0, max(len(hidden), 1), chunk):  # one empty chunk when nothing is labelled
                 h, y = hidden[start : start + chunk].to(dtype), labels[start : start + chunk]
                 logits = h @ w.t()
                 if with_mean:
@@ -68,7 +68,7 @@ class _LabelLogProbs(torch.autograd.Function):
         grad_weight = (
             torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
         )
-        for start in range(0, hidden.shape[0], chunk):
+        for start in range(0, max(len(hidden), 1), chunk):
             h, y = hidden[start : start + chunk].to(ctx.dtype), labels[start : start + chunk]
             g = grad[start : start + chunk].float()
             # d log p(y) / d logits = onehot(y) - softmax, times the incoming gradient of each row
