@@ -28,12 +28,17 @@ def test_start_serving_a_run_answer_through_openai_and_stop(studio_home, tiny_mo
         page.get_by_role("option", name="run-1", exact=True).click()
         page.locator("#serve-port input").fill(str(port))
 
+        reach = page.locator("#serve-reach")
+        expect(reach).to_contain_text("Only programs on this computer can connect")
         page.get_by_label("Other computers too (needs an API key)").check()
+        # said as soon as it is picked, before anything starts
+        expect(reach).to_contain_text("Other computers need an API key", timeout=30_000)
         page.get_by_role("button", name="Start serving", exact=True).click()
         expect(page.get_by_text("needs an API key").first).to_be_visible(timeout=30_000)
         assert process.status() is None  # nothing started
 
         page.get_by_label("Only this computer").check()
+        expect(reach).to_contain_text("Only programs on this computer can connect", timeout=30_000)
         page.get_by_role("button", name="Start serving", exact=True).click()
         status = page.locator("#serve-status")
         expect(status).to_contain_text(f"Serving at http://127.0.0.1:{port}/v1", timeout=120_000)

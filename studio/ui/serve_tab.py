@@ -51,6 +51,15 @@ def status_markdown() -> str:
     )
 
 
+def reach_markdown(who: str) -> str:
+    """Who will be able to connect, said as soon as it is picked (before Start serving)."""
+    if WHO.get(who) != "0.0.0.0":
+        return "Only programs on this computer can connect."
+    if keys.find_key()[0]:
+        return "Other computers on your network can connect, with the API key."
+    return "Other computers need an API key: make one under **API key** below, then start."
+
+
 def on_start(model, adapters, who, port):
     try:
         state = process.start(
@@ -100,6 +109,7 @@ def build_serve_tab(tab: gr.Tab | None = None) -> None:
     with gr.Row():
         who = gr.Radio(list(WHO), value="Only this computer", label="Who can connect", elem_id="serve-who")
         port = gr.Number(8000, precision=0, label="Port", minimum=1, maximum=65535, elem_id="serve-port")
+    reach = gr.Markdown(reach_markdown(who.value), elem_id="serve-reach")
     with gr.Row():
         start = gr.Button("Start serving", variant="primary")
         stop = gr.Button("Stop serving", variant="stop")
@@ -113,7 +123,8 @@ def build_serve_tab(tab: gr.Tab | None = None) -> None:
     )
     start.click(on_start, [model, adapters, who, port], [status, log])
     stop.click(on_stop, None, [status, log])
-    make.click(on_make_key, None, [shown, status])
+    make.click(on_make_key, None, [shown, status]).then(reach_markdown, who, reach)
+    who.change(reach_markdown, who, reach)
     refresh.click(on_refresh, None, [adapters, status, log])
     if tab is not None:  # finished runs appear without pressing Refresh
         tab.select(on_refresh, None, [adapters, status, log])
