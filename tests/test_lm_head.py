@@ -184,7 +184,7 @@ def test_a_studio_kto_run_logs_what_trls_head_gives(tiny_model, tmp_path, monkey
     from studio.train import run as train
 
     data = tmp_path / "kto.jsonl"
-    words = curves_support.write_rows(tmp_path / "rows.jsonl").read_text().split()
+    words = curves_support.WORDS * 2
     rows = [
         {
             "prompt": " ".join(words[i : i + 5]),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-_WORDS = [
+WORDS = [
     "the",
     "quick",
     "brown",
@@ -27,7 +27,7 @@ _WORDS = [
 def write_rows(path: Path) -> Path:
     """24 short instruction rows whose answers repeat, so 20 steps visibly lower the loss."""
     rows = [
-        {"instruction": " ".join(_WORDS[i % 5 : i % 5 + 4]), "output": " ".join(_WORDS[i % 7 :])}
+        {"instruction": " ".join(WORDS[i % 5 : i % 5 + 4]), "output": " ".join(WORDS[i % 7 :])}
         for i in range(24)
     ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
